@@ -1,0 +1,147 @@
+"""Every error jobkit raises, in one tree.
+
+```
+JobkitError
+├── ConfigurationError            settings, queues or engines that cannot work as given
+│   ├── UnknownQueueError         a queue name with no QueueSpec
+│   └── EngineNotInstalledError   an engine whose extra is not installed
+├── JobDefinitionError            a @job that cannot be registered as written
+│   └── DuplicateJobError         two different handlers under one job name
+├── UnknownJobError               a job name nobody registered
+├── PayloadValidationError        a payload that does not match the job's model
+├── EngineUnavailableError        an engine cannot take jobs right now (the dispatcher falls back)
+├── DispatchError                 no engine could take the job (names every cause)
+├── JobNotFoundError              get_job / cancel_job for an id no engine knows
+├── StepError                     misuse of the step API
+│   └── DuplicateStepError        one step id used twice in one job
+├── NonRetryableError             raised by a job: fail now, do not retry
+├── JobTimeoutError               an attempt ran past the job's timeout
+└── JobCancelledError             the job was cancelled while it ran
+```
+
+This module lives in `jobkit`, the lowest of the three packages, so that queue and
+settings code can raise the same types; `jobkit_engine` re-exports the ones a job author
+meets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+
+class JobkitError(Exception):
+    """Base class of every error jobkit raises."""
+
+
+class ConfigurationError(JobkitError):
+    """Settings, queues or engines that cannot work as configured."""
+
+
+class UnknownQueueError(ConfigurationError, LookupError):
+    """A queue name that has no `QueueSpec` in the queue registry."""
+
+    def __init__(self, name: str, known: Iterable[str]) -> None:
+        self.queue = name
+        known_list = ", ".join(sorted(known)) or "none"
+        super().__init__(
+            f"unknown queue {name!r} (known: {known_list}); "
+            f"register it with jobkit.register_queue(QueueSpec({name!r}, ...))"
+        )
+
+
+class EngineNotInstalledError(ConfigurationError, ImportError):
+    """An engine whose optional dependencies are missing."""
+
+    def __init__(self, engine: str, extra: str, missing: str) -> None:
+        self.engine = engine
+        self.extra = extra
+        super().__init__(
+            f"the {engine} engine needs {missing!r}, which is not installed: "
+            f"pip install 'jobkit[{extra}]'"
+        )
+
+
+class JobDefinitionError(JobkitError, TypeError):
+    """A `@job` handler that cannot be registered as written."""
+
+
+class DuplicateJobError(JobDefinitionError):
+    """Two different handlers registered under one job name."""
+
+
+class UnknownJobError(JobkitError, LookupError):
+    """A job name that no `@job` registered in this process."""
+
+    def __init__(self, name: str, known: Iterable[str] = ()) -> None:
+        self.job_name = name
+        known_list = ", ".join(sorted(known)) or "none"
+        super().__init__(
+            f"no job named {name!r} is registered (registered: {known_list}); "
+            "import the module that defines it (jobkit worker --import myapp.jobs)"
+        )
+
+
+class PayloadValidationError(JobkitError, ValueError):
+    """A payload that does not validate against the job's payload model.
+
+    `errors` holds pydantic's structured errors (field location, message, input).
+    """
+
+    def __init__(self, job_name: str, errors: list[Mapping[str, Any]]) -> None:
+        self.job_name = job_name
+        self.errors = errors
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ())) or '<payload>'}: {e.get('msg')}"
+            for e in errors
+        )
+        super().__init__(f"invalid payload for job {job_name!r}: {details}")
+
+
+class EngineUnavailableError(JobkitError):
+    """An engine cannot take a job right now (server down, no worker); try another one."""
+
+
+class DispatchError(JobkitError):
+    """No engine could take the job. `causes` maps each engine tried to why it refused."""
+
+    def __init__(self, job_name: str, causes: Mapping[str, str]) -> None:
+        self.job_name = job_name
+        self.causes = dict(causes)
+        why = "; ".join(f"{engine}: {cause}" for engine, cause in self.causes.items())
+        super().__init__(f"could not dispatch job {job_name!r}: {why or 'no engine configured'}")
+
+
+class JobNotFoundError(JobkitError, LookupError):
+    """No engine knows a job with this id (never dispatched, or its record expired)."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"no job with id {job_id!r}")
+
+
+class StepError(JobkitError):
+    """The step API was used in a way that cannot be replayed safely."""
+
+
+class DuplicateStepError(StepError):
+    """One step id used twice within one job: replay could not tell the two apart."""
+
+    def __init__(self, step_id: str) -> None:
+        self.step_id = step_id
+        super().__init__(
+            f"step id {step_id!r} was already used in this job; step ids must be unique "
+            "within a job (add an index, e.g. f'fetch-{i}')"
+        )
+
+
+class NonRetryableError(JobkitError):
+    """Raise from a job or a step to fail the job at once, whatever its retry policy."""
+
+
+class JobTimeoutError(JobkitError, TimeoutError):
+    """An attempt ran longer than the job's timeout; the attempt counts as failed."""
+
+
+class JobCancelledError(JobkitError):
+    """The job was cancelled through `cancel_job`."""

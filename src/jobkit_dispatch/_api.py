@@ -1,0 +1,73 @@
+"""The four calls an application makes, each with its async twin."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from jobkit.durations import Duration
+from jobkit_dispatch._dispatch import Dispatched, get_dispatcher
+from jobkit_engine import JobDefinition, JobInfo
+
+
+def dispatch_job(
+    job: JobDefinition[Any, Any] | str,
+    payload: Any = None,
+    *,
+    delay: Duration | None = None,
+    at: datetime | None = None,
+    queue: str | None = None,
+    idempotency_key: str | None = None,
+) -> Dispatched:
+    """Hand a job to a background worker and return at once.
+
+    `job` is a `@job` definition or a job name; `payload` a dict or the job's model. The
+    payload is validated first (`PayloadValidationError`, nothing enqueued); `delay`
+    (seconds or timedelta) or `at` (aware datetime) defer the job; `queue` overrides the
+    job's queue; `idempotency_key` makes a repeat return the first job.
+    Raises `UnknownJobError`, `PayloadValidationError`, or `DispatchError` when no engine
+    can take the job.
+    """
+    return get_dispatcher().dispatch(
+        job, payload, delay=delay, at=at, queue=queue, idempotency_key=idempotency_key
+    )
+
+
+async def adispatch_job(
+    job: JobDefinition[Any, Any] | str,
+    payload: Any = None,
+    *,
+    delay: Duration | None = None,
+    at: datetime | None = None,
+    queue: str | None = None,
+    idempotency_key: str | None = None,
+) -> Dispatched:
+    """`dispatch_job` for async code."""
+    return await get_dispatcher().adispatch(
+        job, payload, delay=delay, at=at, queue=queue, idempotency_key=idempotency_key
+    )
+
+
+def get_job(job_id: str) -> JobInfo:
+    """The job's status, result or error, progress, attempts, engine and reason.
+
+    Raises `JobNotFoundError` when no engine knows the id.
+    """
+    return get_dispatcher().get(job_id)
+
+
+async def aget_job(job_id: str) -> JobInfo:
+    return await get_dispatcher().aget(job_id)
+
+
+def cancel_job(job_id: str) -> bool:
+    """Cancel a queued, scheduled, sleeping or running job.
+
+    True when the job is cancelled (a running job stops at its next await); False when it
+    had already finished. Raises `JobNotFoundError` for an unknown id.
+    """
+    return get_dispatcher().cancel(job_id)
+
+
+async def acancel_job(job_id: str) -> bool:
+    return await get_dispatcher().acancel(job_id)

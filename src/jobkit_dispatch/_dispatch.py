@@ -1,0 +1,234 @@
+"""The dispatcher: validate a job, pick an engine, enqueue; find a job again by id."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from jobkit.durations import Duration, require_aware, to_timedelta
+from jobkit.errors import (
+    ConfigurationError,
+    DispatchError,
+    EngineUnavailableError,
+    JobNotFoundError,
+)
+from jobkit.queues import QueueRegistry, default_queues
+from jobkit.settings import JobkitSettings, get_settings
+from jobkit_dispatch.engines import Engine, JobRequest, load_engine
+from jobkit_engine import JobDefinition, JobInfo, JobRegistry, default_registry
+
+_IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c7c2e-3b0e-4d8a-9a56-8f0b8f8f7a10")
+
+
+@dataclass(frozen=True)
+class Dispatched:
+    """Where a dispatched job went. `created` is False when an idempotency key matched a
+    job dispatched earlier: that job is returned and nothing new was enqueued."""
+
+    job_id: str
+    engine: str
+    reason: str
+    created: bool = True
+
+
+def idempotent_job_id(job_name: str, idempotency_key: str) -> str:
+    """The job id an idempotency key maps to: the same on every engine and every process."""
+    return uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{job_name}\x00{idempotency_key}").hex
+
+
+class Dispatcher:
+    """Routes jobs to engines. One per process is the default (`get_dispatcher()`).
+
+    `engine=` forces every job onto one engine (tests, `JOBKIT_ENGINE=inline`); otherwise
+    `settings.engine` decides, `"auto"` meaning RQ first and Temporal as the fallback.
+    """
+
+    def __init__(
+        self,
+        engine: Engine | None = None,
+        *,
+        settings: JobkitSettings | None = None,
+        registry: JobRegistry = default_registry,
+        queues: QueueRegistry = default_queues,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self._forced = engine
+        self._registry = registry
+        self._queues = queues
+        self._engines: dict[str, Engine] = {}
+        self._lock = threading.Lock()
+
+    # -- routing --------------------------------------------------------------------------
+
+    def _route(self) -> Iterator[tuple[str, str]]:
+        """(engine name, reason) in the order engines are tried."""
+        if self._forced is not None:
+            yield self._forced.name, "forced"
+            return
+        choice = self.settings.engine
+        if choice != "auto":
+            yield choice, f"JOBKIT_ENGINE={choice}"
+        elif self.settings.use_rq:
+            yield "rq", "rq"
+            yield "temporal", "fallback"
+        else:
+            yield "temporal", "rq-disabled"
+
+    def engine(self, name: str) -> Engine:
+        """The engine `name`, built on first use and kept."""
+        if self._forced is not None and name == self._forced.name:
+            return self._forced
+        with self._lock:
+            engine = self._engines.get(name)
+            if engine is None:
+                engine = self._engines[name] = load_engine(name, self.settings)
+            return engine
+
+    def _known_engines(self) -> Iterator[Engine]:
+        for name, _ in self._route():
+            try:
+                yield self.engine(name)
+            except ConfigurationError:
+                continue
+
+    # -- dispatch -------------------------------------------------------------------------
+
+    def prepare(
+        self,
+        job: JobDefinition[Any, Any] | str,
+        payload: Any = None,
+        *,
+        delay: Duration | None = None,
+        at: datetime | None = None,
+        queue: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> JobRequest:
+        """Validate everything about a dispatch before any engine sees it."""
+        definition = job if isinstance(job, JobDefinition) else self._registry.get(job)
+        value = definition.validate_payload(payload)
+        queue_name = queue or definition.queue
+        self._queues.get(queue_name)
+        if delay is not None and at is not None:
+            raise ValueError("pass either delay= or at=, not both")
+        return JobRequest(
+            job_id=(
+                idempotent_job_id(definition.name, idempotency_key)
+                if idempotency_key is not None
+                else uuid.uuid4().hex
+            ),
+            job_name=definition.name,
+            payload=definition.dump_payload(value),
+            queue=queue_name,
+            max_attempts=definition.retry.attempts,
+            delay=None if delay is None else to_timedelta(delay),
+            run_at=None if at is None else require_aware(at, "at"),
+            idempotency_key=idempotency_key,
+        )
+
+    def _candidates(
+        self, request: JobRequest, causes: dict[str, str]
+    ) -> Iterator[tuple[Engine, JobRequest]]:
+        for name, reason in self._route():
+            try:
+                engine = self.engine(name)
+            except ConfigurationError as exc:
+                causes[name] = str(exc)
+                continue
+            if (request.delay or request.run_at) and not engine.supports_delay:
+                causes[name] = "does not support delay= / at="
+                continue
+            yield engine, replace(request, reason=reason)
+
+    def dispatch(
+        self, job: JobDefinition[Any, Any] | str, payload: Any = None, **options: Any
+    ) -> Dispatched:
+        request = self.prepare(job, payload, **options)
+        causes: dict[str, str] = {}
+        for engine, routed in self._candidates(request, causes):
+            try:
+                created = engine.enqueue(routed)
+            except EngineUnavailableError as exc:
+                causes[engine.name] = str(exc)
+                continue
+            return Dispatched(routed.job_id, engine.name, routed.reason, created)
+        raise DispatchError(request.job_name, causes)
+
+    async def adispatch(
+        self, job: JobDefinition[Any, Any] | str, payload: Any = None, **options: Any
+    ) -> Dispatched:
+        request = self.prepare(job, payload, **options)
+        causes: dict[str, str] = {}
+        for engine, routed in self._candidates(request, causes):
+            try:
+                created = await engine.aenqueue(routed)
+            except EngineUnavailableError as exc:
+                causes[engine.name] = str(exc)
+                continue
+            return Dispatched(routed.job_id, engine.name, routed.reason, created)
+        raise DispatchError(request.job_name, causes)
+
+    # -- lookup ---------------------------------------------------------------------------
+
+    def _decoded(self, info: JobInfo) -> JobInfo:
+        """The result in its annotated type, when this process knows the job."""
+        if info.result is None or info.job_name not in self._registry:
+            return info
+        return replace(info, result=self._registry.get(info.job_name).load_result(info.result))
+
+    def get(self, job_id: str) -> JobInfo:
+        for engine in self._known_engines():
+            info = engine.get(job_id)
+            if info is not None:
+                return self._decoded(info)
+        raise JobNotFoundError(job_id)
+
+    async def aget(self, job_id: str) -> JobInfo:
+        for engine in self._known_engines():
+            info = await engine.aget(job_id)
+            if info is not None:
+                return self._decoded(info)
+        raise JobNotFoundError(job_id)
+
+    def cancel(self, job_id: str) -> bool:
+        for engine in self._known_engines():
+            if engine.get(job_id) is not None:
+                return engine.cancel(job_id)
+        raise JobNotFoundError(job_id)
+
+    async def acancel(self, job_id: str) -> bool:
+        for engine in self._known_engines():
+            if await engine.aget(job_id) is not None:
+                return await engine.acancel(job_id)
+        raise JobNotFoundError(job_id)
+
+    def close(self) -> None:
+        with self._lock:
+            engines, self._engines = list(self._engines.values()), {}
+        for engine in engines:
+            engine.close()
+
+
+_default: Dispatcher | None = None
+_default_lock = threading.Lock()
+
+
+def get_dispatcher() -> Dispatcher:
+    """The process-wide dispatcher, built from settings on first use."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = Dispatcher()
+    return _default
+
+
+def set_dispatcher(dispatcher: Dispatcher | None) -> Dispatcher | None:
+    """Replace the process-wide dispatcher; returns the previous one."""
+    global _default
+    with _default_lock:
+        previous, _default = _default, dispatcher
+    return previous

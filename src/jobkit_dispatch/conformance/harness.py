@@ -1,0 +1,44 @@
+"""What the conformance suite needs to know about an engine under test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from jobkit.durations import utcnow
+from jobkit_dispatch.engines import Engine
+from jobkit_dispatch.engines.inline import InlineEngine
+from jobkit_dispatch.testing import advance, wait_for_job
+from jobkit_engine import JobInfo, ManualClock
+
+
+@dataclass
+class Harness:
+    """An engine plus how time works for it.
+
+    `long_sleep` must exceed the engine's durable-sleep threshold and `short_sleep` stay
+    under it. On an engine with real time, keep `long_sleep` to a few seconds: the suite
+    waits it out. `timeout` bounds every wait, in real seconds.
+    """
+
+    engine: Engine
+    long_sleep: timedelta = timedelta(days=3)
+    short_sleep: timedelta = timedelta(milliseconds=20)
+    timeout: float = 15.0
+    now: Callable[[], datetime] = field(default=utcnow)
+
+    def advance(self, delta: timedelta) -> None:
+        """Let `delta` pass for the engine (instantly on a ManualClock)."""
+        advance(self.engine, delta)
+
+    def wait(self, job_id: str, until: Callable[[JobInfo], bool] | None = None) -> JobInfo:
+        if until is None:
+            return wait_for_job(job_id, timeout=self.timeout)
+        return wait_for_job(job_id, until, timeout=self.timeout)
+
+    @classmethod
+    def inline(cls, clock: ManualClock | None = None) -> Harness:
+        """The inline engine on a ManualClock: sleeps of days take no time."""
+        clock = clock or ManualClock()
+        return cls(InlineEngine(clock=clock), now=clock.now)

@@ -1,0 +1,111 @@
+"""The engine boundary: one small Protocol, and defaults for what most engines share.
+
+An engine enqueues a `JobRequest` under its id, reports a job as `JobInfo`, and cancels
+it. What an engine can honour is declared as capability attributes, each a promise the
+conformance suite checks; the dispatcher reads them before anything is enqueued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from jobkit_engine import JobInfo
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A validated job, ready for an engine. `payload` is JSON data."""
+
+    job_id: str
+    job_name: str
+    payload: Any
+    queue: str
+    max_attempts: int = 1
+    delay: timedelta | None = None  # relative to the engine's clock at enqueue time
+    run_at: datetime | None = None  # absolute; at most one of delay / run_at is set
+    reason: str = ""
+    idempotency_key: str | None = None
+
+    def due_at(self, now: datetime) -> datetime | None:
+        """When the job may first run, or None for "now"."""
+        if self.run_at is not None:
+            return self.run_at
+        if self.delay is not None:
+            return now + self.delay
+        return None
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What the dispatcher needs from an engine."""
+
+    name: str
+    supports_delay: bool  # honours delay= and at=: the job runs no earlier than asked
+    supports_durable_sleep: bool  # a long step.sleep frees the worker and resumes the job
+    supports_cancel_running: bool  # cancel_job interrupts a job that is running
+    supports_progress: bool  # report_progress is visible through get_job while running
+
+    def enqueue(self, request: JobRequest) -> bool:
+        """Store and queue the job; False (and no change) when its id already exists.
+
+        Raises `EngineUnavailableError` when the engine cannot take jobs right now.
+        """
+        ...
+
+    async def aenqueue(self, request: JobRequest) -> bool: ...
+
+    def get(self, job_id: str) -> JobInfo | None:
+        """The job's state, or None if this engine has no job with that id."""
+        ...
+
+    async def aget(self, job_id: str) -> JobInfo | None: ...
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel the job: True when it is (or will shortly be) cancelled, False when it
+        had already finished. Raises `JobNotFoundError` for an unknown id."""
+        ...
+
+    async def acancel(self, job_id: str) -> bool: ...
+
+    def close(self) -> None:
+        """Release connections and background threads."""
+        ...
+
+
+class EngineBase(ABC):
+    """Defaults: the async twins run the sync methods in a thread; nothing to close.
+
+    An engine whose client is async-native overrides the `a*` methods instead, and derives
+    the sync ones from them.
+    """
+
+    name: ClassVar[str] = "base"
+    supports_delay: ClassVar[bool] = False
+    supports_durable_sleep: ClassVar[bool] = False
+    supports_cancel_running: ClassVar[bool] = False
+    supports_progress: ClassVar[bool] = False
+
+    @abstractmethod
+    def enqueue(self, request: JobRequest) -> bool: ...
+
+    @abstractmethod
+    def get(self, job_id: str) -> JobInfo | None: ...
+
+    @abstractmethod
+    def cancel(self, job_id: str) -> bool: ...
+
+    async def aenqueue(self, request: JobRequest) -> bool:
+        return await asyncio.to_thread(self.enqueue, request)
+
+    async def aget(self, job_id: str) -> JobInfo | None:
+        return await asyncio.to_thread(self.get, job_id)
+
+    async def acancel(self, job_id: str) -> bool:
+        return await asyncio.to_thread(self.cancel, job_id)
+
+    def close(self) -> None:
+        return None

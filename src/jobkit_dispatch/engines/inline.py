@@ -1,0 +1,365 @@
+"""The inline engine: jobs run in this process, on an event loop in a background thread.
+
+It honours every semantic of the contract (memoized steps, retries with backoff, timeouts,
+durable sleep, progress, cancellation, idempotent ids), so it is both the engine for unit
+tests and the reference the conformance suite is written against. Like a real worker it
+runs jobs apart from the caller: `dispatch_job` returns at once and `get_job` reports.
+
+With a `ManualClock`, delays, backoff and durable sleeps wait for `clock.advance()`, or
+for `skip_idle_time()`, which jumps the clock to the next deadline once every job is
+waiting on it (what `jobkit_dispatch.testing.wait_for_job` does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
+
+from jobkit.errors import JobNotFoundError
+from jobkit.queues import QueueRegistry, default_queues
+from jobkit_dispatch.engines.base import EngineBase, JobRequest
+from jobkit_engine import (
+    Clock,
+    DictStepMemo,
+    JobContext,
+    JobError,
+    JobInfo,
+    JobRegistry,
+    JobStatus,
+    ManualClock,
+    MemoSteps,
+    Progress,
+    SystemClock,
+    default_registry,
+)
+from jobkit_engine._execution import Failed, Outcome, Succeeded, Suspended, execute_job
+
+log = logging.getLogger("jobkit.inline")
+
+_WAITING = (JobStatus.SCHEDULED, JobStatus.SLEEPING)
+
+
+@dataclass
+class _Record:
+    """The mutable state of one inline job; read and written under the engine's lock."""
+
+    request: JobRequest
+    status: JobStatus
+    created_at: datetime
+    scheduled_for: datetime | None = None
+    attempts: int = 0
+    resuming: bool = False  # the next execution continues an attempt after a sleep
+    cancel_requested: bool = False
+    clock_wait: datetime | None = None  # a running job blocked in a short sleep until then
+    result: Any = None
+    error: JobError | None = None
+    progress: Progress | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    memo: DictStepMemo = field(default_factory=DictStepMemo)
+    task: asyncio.Task[None] | None = None
+
+    def info(self, engine: str) -> JobInfo:
+        r = self.request
+        return JobInfo(
+            job_id=r.job_id,
+            job_name=r.job_name,
+            queue=r.queue,
+            status=self.status,
+            engine=engine,
+            reason=r.reason,
+            attempts=self.attempts,
+            max_attempts=r.max_attempts,
+            result=self.result,
+            error=self.error,
+            progress=self.progress,
+            created_at=self.created_at,
+            scheduled_for=self.scheduled_for,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+        )
+
+
+class _JobClock:
+    """The engine's clock as one job sees it: notes when the job waits on it, so time
+    skipping knows a running job is only waiting for time to pass."""
+
+    def __init__(self, engine: InlineEngine, record: _Record) -> None:
+        self._engine = engine
+        self._record = record
+
+    def now(self) -> datetime:
+        return self._engine.clock.now()
+
+    async def sleep_until(self, when: datetime) -> None:
+        self._engine._set_clock_wait(self._record, when)
+        try:
+            await self._engine.clock.sleep_until(when)
+        finally:
+            self._engine._set_clock_wait(self._record, None)
+
+
+class InlineEngine(EngineBase):
+    """Runs jobs in-process with the full job semantics; per-queue concurrency applies."""
+
+    name: ClassVar[str] = "inline"
+    supports_delay: ClassVar[bool] = True
+    supports_durable_sleep: ClassVar[bool] = True
+    supports_cancel_running: ClassVar[bool] = True
+    supports_progress: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        sleep_threshold: timedelta = timedelta(seconds=5),
+        concurrency: Mapping[str, int] | None = None,
+        registry: JobRegistry = default_registry,
+        queues: QueueRegistry = default_queues,
+    ) -> None:
+        self.clock = clock or SystemClock()
+        self._sleep_threshold = sleep_threshold
+        self._concurrency = dict(concurrency or {})
+        self._registry = registry
+        self._queues = queues
+        self._lock = threading.Lock()
+        self._records: dict[str, _Record] = {}
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> InlineEngine:
+        return cls(sleep_threshold=timedelta(seconds=settings.sleep_threshold))
+
+    # -- the Engine protocol -------------------------------------------------------------
+
+    def enqueue(self, request: JobRequest) -> bool:
+        now = self.clock.now()
+        due = request.due_at(now)
+        with self._lock:
+            if request.job_id in self._records:
+                return False
+            waiting = due is not None and due > now
+            record = _Record(
+                request,
+                JobStatus.SCHEDULED if waiting else JobStatus.QUEUED,
+                now,
+                scheduled_for=due if waiting else None,
+            )
+            self._records[request.job_id] = record
+        loop = self._ensure_loop()
+        loop.call_soon_threadsafe(self._start, record)
+        return True
+
+    async def aenqueue(self, request: JobRequest) -> bool:
+        return self.enqueue(request)  # never blocks: the job starts on the engine's loop
+
+    def get(self, job_id: str) -> JobInfo | None:
+        with self._lock:
+            record = self._records.get(job_id)
+            return None if record is None else record.info(self.name)
+
+    async def aget(self, job_id: str) -> JobInfo | None:
+        return self.get(job_id)
+
+    def cancel(self, job_id: str) -> bool:
+        with self._lock:
+            record = self._records.get(job_id)
+            if record is None:
+                raise JobNotFoundError(job_id)
+            if record.status.is_terminal:
+                return False
+            if record.status == JobStatus.RUNNING:
+                record.cancel_requested = True
+            else:
+                self._finish(record, JobStatus.CANCELLED)
+            task = record.task
+        if task is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(task.cancel)
+        return True
+
+    async def acancel(self, job_id: str) -> bool:
+        return self.cancel(job_id)
+
+    def close(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._cancel_all(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        self._loop = self._thread = None
+
+    # -- time skipping (tests) -----------------------------------------------------------
+
+    def is_idle(self) -> bool:
+        """No job runs, is queued, or is due but not yet picked up."""
+        now = self.clock.now()
+        with self._lock:
+            for record in self._records.values():
+                if record.status == JobStatus.QUEUED:
+                    return False
+                if record.status == JobStatus.RUNNING:
+                    waiting_until = record.clock_wait
+                elif record.status in _WAITING:
+                    waiting_until = record.scheduled_for
+                else:
+                    continue
+                if waiting_until is None or waiting_until <= now:
+                    return False
+        return True
+
+    def skip_idle_time(self) -> bool:
+        """With a ManualClock: when every job waits on the clock, jump to the next deadline."""
+        clock = self.clock
+        if not isinstance(clock, ManualClock) or not self.is_idle():
+            return False
+        deadline = clock.next_deadline()
+        if deadline is None:
+            return False
+        clock.advance(max(deadline - clock.now(), timedelta(0)))
+        return True
+
+    # -- the engine's event loop ---------------------------------------------------------
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="jobkit-inline", daemon=True
+                )
+                thread.start()
+                self._loop, self._thread = loop, thread
+            return self._loop
+
+    def _start(self, record: _Record) -> None:
+        task = asyncio.get_running_loop().create_task(self._drive(record))
+        with self._lock:
+            record.task = task
+
+    async def _cancel_all(self) -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _slot(self, queue: str) -> asyncio.Semaphore:
+        slot = self._slots.get(queue)
+        if slot is None:
+            limit = self._concurrency.get(queue)
+            if limit is None:
+                limit = self._queues.get(queue).concurrency if queue in self._queues else 1
+            slot = self._slots[queue] = asyncio.Semaphore(limit)
+        return slot
+
+    async def _drive(self, record: _Record) -> None:
+        """Take one job from enqueue to a final status: wait, run, retry or resume."""
+        try:
+            while True:
+                if record.scheduled_for is not None:
+                    await self.clock.sleep_until(record.scheduled_for)
+                    if not self._transition(record, _WAITING, JobStatus.QUEUED):
+                        return
+                async with self._slot(record.request.queue):
+                    if not self._transition(record, (JobStatus.QUEUED,), JobStatus.RUNNING):
+                        return
+                    outcome = await self._run_once(record)
+                if not self._apply(record, outcome):
+                    return
+        except asyncio.CancelledError:
+            with self._lock:
+                if record.cancel_requested or record.status == JobStatus.CANCELLED:
+                    self._finish(record, JobStatus.CANCELLED)
+                    return
+            raise
+
+    def _transition(self, record: _Record, before: tuple[JobStatus, ...], after: JobStatus) -> bool:
+        """Move the job on unless something (a cancel) moved it first."""
+        with self._lock:
+            if record.status not in before:
+                return False
+            record.status = after
+            if after == JobStatus.RUNNING:
+                if not record.resuming:
+                    record.attempts += 1
+                record.resuming = False
+                record.scheduled_for = None
+                record.started_at = self.clock.now()
+            return True
+
+    async def _run_once(self, record: _Record) -> Outcome:
+        request = record.request
+
+        def make_context(definition: Any) -> JobContext:
+            return JobContext(
+                job_id=request.job_id,
+                job_name=request.job_name,
+                attempt=record.attempts,
+                engine=self.name,
+                step=MemoSteps(record.memo, _JobClock(self, record), self._sleep_threshold),
+                progress_sink=lambda progress: self._set_progress(record, progress),
+            )
+
+        return await execute_job(
+            request.job_name,
+            request.payload,
+            record.attempts,
+            make_context,
+            registry=self._registry,
+            queues=self._queues,
+        )
+
+    def _set_clock_wait(self, record: _Record, until: datetime | None) -> None:
+        with self._lock:
+            record.clock_wait = until
+
+    def _set_progress(self, record: _Record, progress: Progress) -> None:
+        with self._lock:
+            record.progress = progress
+
+    def _apply(self, record: _Record, outcome: Outcome) -> bool:
+        """Record what an execution ended with; True when the job has more to do."""
+        now = self.clock.now()
+        with self._lock:
+            if record.cancel_requested:
+                # The handler finished before the cancellation reached an await.
+                self._finish(record, JobStatus.CANCELLED)
+                return False
+            match outcome:
+                case Succeeded(result):
+                    record.result, record.error = result, None
+                    self._finish(record, JobStatus.SUCCEEDED)
+                    return False
+                case Suspended(wake_at):
+                    record.status, record.scheduled_for = JobStatus.SLEEPING, wake_at
+                    record.resuming = True
+                    return True
+                case Failed(error, None):
+                    record.error = error
+                    self._finish(record, JobStatus.FAILED)
+                    return False
+                case Failed(error, retry_in):
+                    record.error = error
+                    record.status, record.scheduled_for = JobStatus.SCHEDULED, now + retry_in
+                    log.info(
+                        "job %s attempt %d failed (%s); retry in %s",
+                        record.request.job_id,
+                        record.attempts,
+                        error.type,
+                        retry_in,
+                    )
+                    return True
+        raise AssertionError(f"unhandled outcome {outcome!r}")  # pragma: no cover
+
+    def _finish(self, record: _Record, status: JobStatus) -> None:
+        """Set a final status (caller holds the lock)."""
+        record.status = status
+        record.scheduled_for = None
+        record.finished_at = self.clock.now()

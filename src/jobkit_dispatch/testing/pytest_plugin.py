@@ -1,0 +1,32 @@
+"""pytest fixtures for jobkit users; loaded automatically when jobkit is installed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from jobkit_dispatch.engines.inline import InlineEngine
+from jobkit_dispatch.testing import inline_engine
+from jobkit_dispatch.testing.redis_server import RedisServer
+from jobkit_engine import ManualClock
+
+
+@pytest.fixture
+def jobkit_clock() -> ManualClock:
+    """The ManualClock `jobkit_inline` runs on: `jobkit_clock.advance(timedelta(hours=1))`."""
+    return ManualClock()
+
+
+@pytest.fixture
+def jobkit_inline(jobkit_clock: ManualClock) -> Iterator[InlineEngine]:
+    """`dispatch_job` runs jobs on an inline engine for the duration of the test."""
+    with inline_engine(jobkit_clock) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="session")
+def jobkit_redis_server() -> Iterator[RedisServer]:
+    """A real `redis-server` on a free loopback port, for the whole test session."""
+    with RedisServer() as server:
+        yield server

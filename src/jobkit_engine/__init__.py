@@ -1,0 +1,64 @@
+"""jobkit_engine: jobs written once, for any engine.
+
+Defines jobs (`@job`), what a handler receives (`JobContext`), the registry, the error
+types and the status model. It imports no engine: `rq`, `temporalio` and `redis` are never
+imported from here, so a job module loads in any worker.
+"""
+
+from jobkit.errors import (
+    DispatchError,
+    DuplicateJobError,
+    DuplicateStepError,
+    JobCancelledError,
+    JobDefinitionError,
+    JobkitError,
+    JobNotFoundError,
+    JobTimeoutError,
+    NonRetryableError,
+    PayloadValidationError,
+    StepError,
+    UnknownJobError,
+    UnknownQueueError,
+)
+from jobkit_engine._clock import Clock, ManualClock, SystemClock
+from jobkit_engine._context import DictStepMemo, JobContext, MemoSteps, StepMemo, Steps
+from jobkit_engine._definition import JobDefinition, job
+from jobkit_engine._registry import JobRegistry, default_registry, import_job_modules
+from jobkit_engine._retry import NO_RETRY, Retry
+from jobkit_engine._status import TERMINAL_STATUSES, JobError, JobInfo, JobStatus, Progress
+
+__all__ = [
+    "NO_RETRY",
+    "TERMINAL_STATUSES",
+    "Clock",
+    "DictStepMemo",
+    "DispatchError",
+    "DuplicateJobError",
+    "DuplicateStepError",
+    "JobCancelledError",
+    "JobContext",
+    "JobDefinition",
+    "JobDefinitionError",
+    "JobError",
+    "JobInfo",
+    "JobNotFoundError",
+    "JobRegistry",
+    "JobStatus",
+    "JobTimeoutError",
+    "JobkitError",
+    "ManualClock",
+    "MemoSteps",
+    "NonRetryableError",
+    "PayloadValidationError",
+    "Progress",
+    "Retry",
+    "StepError",
+    "StepMemo",
+    "Steps",
+    "SystemClock",
+    "UnknownJobError",
+    "UnknownQueueError",
+    "default_registry",
+    "import_job_modules",
+    "job",
+]
