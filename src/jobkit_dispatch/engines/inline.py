@@ -188,9 +188,13 @@ class InlineEngine(EngineBase):
         return self.cancel(job_id)
 
     def close(self) -> None:
+        """Stop the engine; jobs not finished yet end as cancelled (they live in memory)."""
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
+        with self._lock:
+            for record in self._records.values():
+                record.cancel_requested = not record.status.is_terminal
         asyncio.run_coroutine_threadsafe(self._cancel_all(), loop).result(timeout=10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)

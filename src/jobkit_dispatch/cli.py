@@ -1,0 +1,148 @@
+"""The `jobkit` command: inspect jobs and queues, run a job inline, run workers."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from dataclasses import asdict
+from typing import Any
+
+import click
+
+import jobkit
+from jobkit.errors import ConfigurationError, JobkitError
+from jobkit.queues import default_queues
+from jobkit.settings import get_settings
+from jobkit_engine import default_registry, import_job_modules
+
+WORKER_RUNTIMES = {
+    "rq": "jobkit_dispatch.engines.rq.worker:run_worker",
+    "temporal": "jobkit_dispatch.engines.temporal.worker:run_worker",
+}
+
+_import_option = click.option(
+    "--import",
+    "-i",
+    "modules",
+    multiple=True,
+    metavar="MODULE",
+    help="Job module to import (repeatable); default: JOBKIT_JOB_MODULES.",
+)
+
+
+def _load_jobs(modules: tuple[str, ...]) -> list[str]:
+    names = list(modules) or get_settings().job_modules
+    try:
+        import_job_modules(names)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from exc
+    return names
+
+
+@click.group()
+@click.version_option(jobkit.__version__, prog_name="jobkit")
+def main() -> None:
+    """Background jobs on RQ, Temporal or inline."""
+
+
+@main.command("jobs")
+@_import_option
+def list_jobs(modules: tuple[str, ...]) -> None:
+    """List the registered jobs."""
+    _load_jobs(modules)
+    for definition in default_registry:
+        timeout = definition.timeout or default_queues.get(definition.queue).default_timeout
+        click.echo(
+            f"{definition.name:32} queue={definition.queue:12} "
+            f"attempts={definition.retry.attempts} timeout={timeout}  {definition.ref}"
+        )
+
+
+@main.command("queues")
+@_import_option
+def list_queues(modules: tuple[str, ...]) -> None:
+    """List the queues with their concurrency and default timeout."""
+    _load_jobs(modules)
+    for spec in default_queues:
+        click.echo(
+            f"{spec.name:16} concurrency={spec.concurrency:<4} "
+            f"timeout={spec.default_timeout}  {spec.description}"
+        )
+
+
+@main.command("run")
+@click.argument("job_name")
+@click.argument("payload", required=False, default="null")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait.")
+@_import_option
+def run_job(job_name: str, payload: str, timeout: float, modules: tuple[str, ...]) -> None:
+    """Run JOB_NAME once on the inline engine with PAYLOAD (JSON) and print the outcome.
+
+    Sleeps and retry backoff are skipped, so this returns as soon as the job is done.
+    """
+    from jobkit_dispatch import dispatch_job
+    from jobkit_dispatch.testing import inline_engine, wait_for_job
+
+    _load_jobs(modules)
+    try:
+        data = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"PAYLOAD is not JSON: {exc}") from exc
+    with inline_engine():
+        try:
+            dispatched = dispatch_job(job_name, data)
+            info = wait_for_job(dispatched.job_id, timeout=timeout)
+        except JobkitError as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(_jsonable(asdict(info)), indent=2, default=str))
+    sys.exit(0 if info.status == "succeeded" else 1)
+
+
+def _jsonable(value: Any) -> Any:
+    from jobkit_engine._codec import to_json
+
+    return to_json(value)
+
+
+@main.command("worker")
+@click.option(
+    "--engine", type=click.Choice(sorted(WORKER_RUNTIMES)), default="rq", show_default=True
+)
+@click.option(
+    "--queue",
+    "-q",
+    "queues",
+    multiple=True,
+    metavar="QUEUE",
+    help="Queue to serve (repeatable); default: every registered queue.",
+)
+@click.option(
+    "--concurrency",
+    "-c",
+    type=int,
+    default=None,
+    help="Jobs run at once per queue; default: the queue spec's concurrency.",
+)
+@_import_option
+def worker(
+    engine: str, queues: tuple[str, ...], concurrency: int | None, modules: tuple[str, ...]
+) -> None:
+    """Run a worker for QUEUEs on ENGINE; only registered jobs are ever run."""
+    names = _load_jobs(modules)
+    served = list(queues) or [spec.name for spec in default_queues]
+    for name in served:
+        try:
+            default_queues.get(name)
+        except ConfigurationError as exc:
+            raise click.BadParameter(str(exc), param_hint="--queue") from exc
+    module_name, _, function = WORKER_RUNTIMES[engine].partition(":")
+    try:
+        runtime = getattr(importlib.import_module(module_name), function)
+    except ImportError as exc:
+        raise click.ClickException(f"the {engine} worker is not available: {exc}") from exc
+    runtime(queues=served, modules=names, settings=get_settings(), concurrency=concurrency)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,28 @@
+"""Jobs shared by the unit tests (the conformance suite has its own)."""
+
+from __future__ import annotations
+
+import threading
+
+from pydantic import BaseModel
+
+from jobkit_engine import JobContext, job
+
+
+class Greeting(BaseModel):
+    name: str
+
+
+class Greeted(BaseModel):
+    text: str
+    thread: str
+
+
+def blocking_greet(name: str) -> str:
+    return f"hello {name}"
+
+
+@job("tests.greet", retry=1)
+async def greet(ctx: JobContext, payload: Greeting) -> Greeted:
+    text = await ctx.step.run("greet", blocking_greet, payload.name)
+    return Greeted(text=text, thread=threading.current_thread().name)
