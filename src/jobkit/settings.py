@@ -42,6 +42,14 @@ class JobkitSettings(BaseSettings):
     sleep_threshold: float = Field(
         5.0, ge=0, description="sleeps at least this long free the worker (seconds)"
     )
+    result_ttl: int = Field(86_400, gt=0, description="seconds a finished job stays readable")
+    failure_ttl: int = Field(7 * 86_400, gt=0, description="seconds a failed job stays readable")
+    worker_heartbeat: float = Field(
+        5.0,
+        gt=0,
+        description="seconds between worker heartbeats; a job whose worker missed "
+        "three of them is considered abandoned and retried",
+    )
     job_modules: list[str] = Field(
         default_factory=list, description="modules a worker imports to register jobs"
     )

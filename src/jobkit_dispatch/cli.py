@@ -17,7 +17,7 @@ from jobkit.settings import get_settings
 from jobkit_engine import default_registry, import_job_modules
 
 WORKER_RUNTIMES = {
-    "rq": "jobkit_dispatch.engines.rq.worker:run_worker",
+    "rq": "jobkit_dispatch.engines.rq.runtime:run_worker",
     "temporal": "jobkit_dispatch.engines.temporal.worker:run_worker",
 }
 

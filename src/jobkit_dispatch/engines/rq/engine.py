@@ -1,0 +1,105 @@
+"""`RQEngine`: the dispatch side. Each call is one Redis round trip (one script or HMGET)."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from redis.exceptions import RedisError
+
+from jobkit.connection import get_redis
+from jobkit.errors import EngineUnavailableError, JobNotFoundError
+from jobkit.queues import QueueRegistry, default_queues
+from jobkit.settings import JobkitSettings, get_settings, redact_url
+from jobkit_dispatch.engines.base import EngineBase, JobRequest
+from jobkit_dispatch.engines.rq import keys
+from jobkit_dispatch.engines.rq.codec import INFO_FIELDS, decode_info, job_mapping
+from jobkit_dispatch.engines.rq.scripts import CANCEL, ENQUEUE
+from jobkit_engine import JobInfo
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+
+class RQEngine(EngineBase):
+    """Enqueues jobs as RQ jobs (JSON, never pickle); `jobkit worker` runs them."""
+
+    name: ClassVar[str] = "rq"
+    supports_delay: ClassVar[bool] = True
+    supports_durable_sleep: ClassVar[bool] = True
+    supports_cancel_running: ClassVar[bool] = True
+    supports_progress: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        redis: Redis | None = None,
+        *,
+        settings: JobkitSettings | None = None,
+        queues: QueueRegistry = default_queues,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.redis = redis if redis is not None else get_redis(settings=self.settings)
+        self._queues = queues
+        self._enqueue = self.redis.register_script(ENQUEUE)
+        self._cancel = self.redis.register_script(CANCEL)
+
+    @classmethod
+    def from_settings(cls, settings: JobkitSettings) -> RQEngine:
+        return cls(settings=settings)
+
+    def _unavailable(self, exc: Exception) -> EngineUnavailableError:
+        where = redact_url(self.settings.redis_url)
+        return EngineUnavailableError(f"Redis at {where}: {type(exc).__name__}: {exc}")
+
+    def enqueue(self, request: JobRequest) -> bool:
+        now = time.time()
+        due = request.due_at(datetime.fromtimestamp(now, UTC))
+        timeout = int(self._queues.get(request.queue).default_timeout.total_seconds())
+        fields = job_mapping(request, now, timeout, self.redis)
+        deferred = due is not None and due.timestamp() > now
+        if deferred:
+            fields.update(
+                status="scheduled", jk_wait="delay", jk_scheduled_for=repr(due.timestamp())
+            )
+        q = keys.QueueKeys(request.queue)
+        args: list[Any] = [
+            request.job_id,
+            "at" if deferred else "now",
+            due.timestamp() if due else 0,
+        ]
+        for item in fields.items():
+            args.extend(item)
+        try:
+            created = self._enqueue(
+                keys=[keys.job_key(request.job_id), q.queue, keys.queues_set_key, q.scheduled],
+                args=args,
+            )
+        except RedisError as exc:
+            raise self._unavailable(exc) from exc
+        return bool(created)
+
+    def get(self, job_id: str) -> JobInfo | None:
+        try:
+            values = self.redis.hmget(keys.job_key(job_id), INFO_FIELDS)
+        except RedisError as exc:
+            raise self._unavailable(exc) from exc
+        return decode_info(job_id, values, self.name)
+
+    def cancel(self, job_id: str) -> bool:
+        args = [
+            job_id,
+            time.time(),
+            self.settings.failure_ttl,
+            keys.cancel_channel,
+            keys.queue_key_prefix,
+            keys.scheduled_key_prefix,
+            keys.canceled_key_prefix,
+        ]
+        try:
+            answer = self._cancel(keys=[keys.job_key(job_id)], args=args)
+        except RedisError as exc:
+            raise self._unavailable(exc) from exc
+        if answer == -1:
+            raise JobNotFoundError(job_id)
+        return answer > 0

@@ -1,0 +1,86 @@
+"""`jobkit worker --engine rq`: one process per queue, signals, graceful shutdown.
+
+Job modules are imported once, in the parent, before any process starts working; each
+queue then gets its own forked process (so a slow `data_sync` job never starves
+`default`), and each process runs up to the queue's concurrency of jobs at once.
+The first SIGTERM/SIGINT finishes running jobs and stops fetching; a second one
+interrupts them, and they go back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from jobkit.settings import JobkitSettings
+from jobkit_dispatch.engines.rq.worker import RQWorker
+from jobkit_engine import import_job_modules
+
+log = logging.getLogger("jobkit.worker")
+
+
+def run_worker(
+    queues: Sequence[str],
+    modules: Sequence[str],
+    settings: JobkitSettings,
+    concurrency: int | None = None,
+) -> None:
+    """Serve `queues` until signalled. Blocks; exits non-zero if a queue process failed."""
+    import_job_modules(modules)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        )
+    if len(queues) == 1:
+        asyncio.run(serve_queue(queues[0], settings, concurrency))
+        return
+    context = multiprocessing.get_context("fork")
+    children = [
+        context.Process(target=_serve_in_child, args=(q, settings, concurrency), name=f"jobkit-{q}")
+        for q in queues
+    ]
+    for child in children:
+        child.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for child in children:
+        child.join()
+    if any(child.exitcode for child in children):
+        sys.exit(1)
+
+
+def _serve_in_child(queue: str, settings: JobkitSettings, concurrency: int | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    asyncio.run(serve_queue(queue, settings, concurrency))
+
+
+async def serve_queue(queue: str, settings: JobkitSettings, concurrency: int | None = None) -> None:
+    """Run one queue's worker in this event loop, with signal handling."""
+    worker = RQWorker(queue, settings=settings, concurrency=concurrency)
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            worker.stop()
+        else:
+            worker.abort()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal)
+    await worker.run()

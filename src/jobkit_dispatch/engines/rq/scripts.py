@@ -1,0 +1,155 @@
+"""The Lua scripts that make each state change of a job atomic.
+
+Every transition that two processes could race on (enqueue vs. an id that exists, start
+vs. cancel, finish vs. lease recovery, promotion by several workers) is one script, so a
+job is never lost and never run twice.
+"""
+
+from __future__ import annotations
+
+# KEYS: job, queue, queues set, scheduled. ARGV: id, 'now'|'at', due, field, value, ...
+ENQUEUE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('SADD', KEYS[3], KEYS[2])
+if ARGV[2] == 'at' then
+  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+else
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+end
+return 1
+"""
+
+# KEYS: job, claimed, running. ARGV: id, now, lease expiry, worker name, rq timestamp.
+# Returns the job hash, or false when the job is no longer ours to run.
+START = """
+if redis.call('LREM', KEYS[2], 1, ARGV[1]) == 0 then return false end
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return false end
+if redis.call('HGET', KEYS[1], 'jk_resume') == '1' then
+  redis.call('HDEL', KEYS[1], 'jk_resume')
+else
+  redis.call('HINCRBY', KEYS[1], 'jk_attempts', 1)
+end
+redis.call('HSET', KEYS[1], 'status', 'started', 'started_at', ARGV[5],
+  'worker_name', ARGV[4], 'jk_started_at', ARGV[2])
+redis.call('HDEL', KEYS[1], 'jk_scheduled_for', 'jk_wait')
+redis.call('PERSIST', KEYS[1])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+return redis.call('HGETALL', KEYS[1])
+"""
+
+# KEYS: job, running, scheduled, queue, finished, failed, canceled.
+# ARGV: id, outcome, now, due-or-expiry, ttl, field, value, ...
+# Returns 0 when the lease was lost (the job was recovered elsewhere): nothing is written.
+FINISH = """
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
+local outcome = ARGV[2]
+local waiting = outcome == 'retry' or outcome == 'sleep' or outcome == 'requeue'
+if waiting and redis.call('HGET', KEYS[1], 'jk_cancel') then outcome = 'cancelled' end
+if #ARGV > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
+if outcome == 'retry' or outcome == 'sleep' then
+  redis.call('HSET', KEYS[1], 'status', 'scheduled', 'jk_wait', outcome,
+    'jk_scheduled_for', ARGV[4])
+  if outcome == 'sleep' then redis.call('HSET', KEYS[1], 'jk_resume', '1') end
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+  return 1
+end
+if outcome == 'requeue' then
+  redis.call('HSET', KEYS[1], 'status', 'queued')
+  redis.call('HINCRBY', KEYS[1], 'jk_attempts', -1)
+  redis.call('LPUSH', KEYS[4], ARGV[1])
+  return 1
+end
+if outcome == 'succeeded' then redis.call('HDEL', KEYS[1], 'jk_error') end
+local status, registry = 'finished', KEYS[5]
+if outcome == 'failed' then status, registry = 'failed', KEYS[6] end
+if outcome == 'cancelled' then status, registry = 'canceled', KEYS[7] end
+redis.call('HSET', KEYS[1], 'status', status, 'jk_finished_at', ARGV[3])
+redis.call('HDEL', KEYS[1], 'jk_scheduled_for', 'jk_wait', 'jk_resume')
+redis.call('ZADD', registry, ARGV[3] + ARGV[5], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
+# KEYS: scheduled, queue. ARGV: now, limit, job key prefix.
+# Returns {jobs promoted, due time of the next scheduled job or false}.
+PROMOTE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(ids) do
+  redis.call('ZREM', KEYS[1], id)
+  local key = ARGV[3] .. id
+  if redis.call('HGET', key, 'status') == 'scheduled' then
+    redis.call('HSET', key, 'status', 'queued')
+    redis.call('RPUSH', KEYS[2], id)
+  end
+end
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {#ids, nxt[2] or false}
+"""
+
+# KEYS: running, queue, failed, canceled. ARGV: now, job key prefix, error json, ttl.
+# Jobs whose lease expired (their worker died) are retried, or failed when out of attempts.
+RECOVER = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
+local recovered = {}
+for _, id in ipairs(ids) do
+  local key = ARGV[2] .. id
+  if redis.call('ZREM', KEYS[1], id) == 1 and redis.call('HGET', key, 'status') == 'started' then
+    local attempts = tonumber(redis.call('HGET', key, 'jk_attempts') or '1')
+    local limit = tonumber(redis.call('HGET', key, 'jk_max_attempts') or '1')
+    redis.call('HSET', key, 'jk_error', ARGV[3])
+    if redis.call('HGET', key, 'jk_cancel') then
+      redis.call('HSET', key, 'status', 'canceled', 'jk_finished_at', ARGV[1])
+      redis.call('ZADD', KEYS[4], ARGV[1] + ARGV[4], id)
+      redis.call('EXPIRE', key, ARGV[4])
+    elseif attempts < limit then
+      redis.call('HSET', key, 'status', 'queued')
+      redis.call('RPUSH', KEYS[2], id)
+    else
+      redis.call('HSET', key, 'status', 'failed', 'jk_finished_at', ARGV[1])
+      redis.call('ZADD', KEYS[3], ARGV[1] + ARGV[4], id)
+      redis.call('EXPIRE', key, ARGV[4])
+    end
+    table.insert(recovered, id)
+  end
+end
+return recovered
+"""
+
+# KEYS: claimed, queue. ARGV: job key prefix, id, id, ...
+# Puts back ids a worker popped but never started (it died in between).
+RECLAIM = """
+local n = 0
+for i = 2, #ARGV do
+  if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
+    if redis.call('HGET', ARGV[1] .. ARGV[i], 'status') == 'queued' then
+      redis.call('LPUSH', KEYS[2], ARGV[i])
+      n = n + 1
+    end
+  end
+end
+return n
+"""
+
+# KEYS: job. ARGV: id, now, ttl, channel, queue key prefix, scheduled prefix, canceled prefix.
+# 1: cancelled now; 2: running, cancellation sent to its worker; 0: already finished; -1: unknown.
+CANCEL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
+if status == 'finished' or status == 'failed' or status == 'canceled' or status == 'stopped' then
+  return 0
+end
+if status == 'started' then
+  redis.call('HSET', KEYS[1], 'jk_cancel', '1')
+  redis.call('PUBLISH', ARGV[4], ARGV[1])
+  return 2
+end
+local queue = redis.call('HGET', KEYS[1], 'origin')
+redis.call('LREM', ARGV[5] .. queue, 0, ARGV[1])
+redis.call('ZREM', ARGV[6] .. queue, ARGV[1])
+redis.call('HSET', KEYS[1], 'status', 'canceled', 'jk_finished_at', ARGV[2])
+redis.call('HDEL', KEYS[1], 'jk_scheduled_for', 'jk_wait', 'jk_resume')
+redis.call('ZADD', ARGV[7] .. queue, ARGV[2] + ARGV[3], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
