@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from jobkit_engine import JobInfo, JobStatus, Progress
 SECOND = timedelta(seconds=1)
 
 
-def _is(status: JobStatus):
+def _is(status: JobStatus) -> Callable[[JobInfo], bool]:
     return lambda info: info.status == status
 
 

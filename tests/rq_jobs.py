@@ -1,0 +1,45 @@
+"""Jobs for the RQ engine's own tests, on queues of their own."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import BaseModel
+
+from jobkit.queues import QueueSpec, default_queues
+from jobkit_dispatch.conformance._files import tally, wait_for_gate
+from jobkit_engine import JobContext, Retry, job
+
+for _name in ("rq-crash", "rq-shutdown", "rq-messages"):
+    default_queues.register(QueueSpec(_name, concurrency=1, default_timeout=timedelta(seconds=60)))
+
+
+class Work(BaseModel):
+    workdir: str
+    gate: str = "go"
+
+
+def record(workdir: str, name: str) -> str:
+    tally(workdir, name)
+    return name
+
+
+async def _two_steps(ctx: JobContext, payload: Work) -> list[str]:
+    first = await ctx.step.run("first", record, payload.workdir, "first")
+    tally(payload.workdir, f"waiting-{ctx.attempt}")
+    if not await wait_for_gate(payload.workdir, payload.gate):
+        raise TimeoutError("gate never opened")
+    second = await ctx.step.run("second", record, payload.workdir, "second")
+    return [first, second]
+
+
+crashy = job("rqtest.crashy", queue="rq-crash", retry=Retry(attempts=3, initial_delay=0))(
+    _two_steps
+)
+held = job("rqtest.held", queue="rq-shutdown", retry=Retry(attempts=3, initial_delay=0))(_two_steps)
+
+
+@job("rqtest.ok", queue="rq-messages", retry=1)
+async def ok(ctx: JobContext, payload: Work) -> str:
+    tally(payload.workdir, "ok")
+    return "ok"

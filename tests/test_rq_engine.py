@@ -1,0 +1,186 @@
+"""What the RQ engine must survive: crashes, signals, hostile messages, a dead Redis."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from rq import Queue, Worker
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from jobkit import JobkitSettings
+from jobkit.connection import get_redis
+from jobkit.errors import EngineUnavailableError
+from jobkit_dispatch import dispatch_job, get_job
+from jobkit_dispatch.conformance._files import count, open_gate
+from jobkit_dispatch.engines import JobRequest
+from jobkit_dispatch.engines.rq import RQEngine
+from jobkit_dispatch.testing import RedisServer, use_engine, wait_for_job
+from jobkit_dispatch.testing.redis_server import free_port
+from jobkit_dispatch.testing.rq_worker import WorkerProcess
+from jobkit_engine import JobInfo, JobStatus
+from tests import rq_jobs
+
+FAST = {"JOBKIT_WORKER_HEARTBEAT": "0.3", "JOBKIT_SLEEP_THRESHOLD": "1"}
+
+
+@pytest.fixture
+def client(jobkit_redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(jobkit_redis_server.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_redis(client: redis.Redis) -> None:
+    client.flushdb()
+
+
+@pytest.fixture
+def engine(jobkit_redis_server: RedisServer) -> Iterator[RQEngine]:
+    settings = JobkitSettings(redis_url=jobkit_redis_server.url)
+    engine = RQEngine(get_redis(settings=settings), settings=settings)
+    with use_engine(engine):
+        yield engine
+
+
+def worker(server: RedisServer, queue: str, tmp_path: Path) -> WorkerProcess:
+    return WorkerProcess(
+        server.url,
+        [queue],
+        ["tests.rq_jobs"],
+        env=FAST,
+        log_path=tmp_path / f"worker-{uuid.uuid4().hex[:4]}.log",
+    )
+
+
+def _status(status: JobStatus) -> Callable[[JobInfo], bool]:
+    return lambda info: info.status == status
+
+
+def test_a_dispatched_job_is_a_plain_rq_job_with_a_json_payload(
+    engine: RQEngine, client: redis.Redis, jobkit_redis_server: RedisServer, tmp_path: Path
+) -> None:
+    d = dispatch_job(rq_jobs.ok, {"workdir": str(tmp_path)})
+    job = Job.fetch(d.job_id, connection=client, serializer=JSONSerializer)
+    assert (job.func_name, job.origin, job.get_status()) == ("rqtest.ok", "rq-messages", "queued")
+    assert job.args == [{"workdir": str(tmp_path), "gate": "go"}]
+    raw = zlib.decompress(client.hget(f"rq:job:{d.job_id}", "data"))
+    assert json.loads(raw)[0] == "rqtest.ok"  # JSON on the wire, never pickle
+    with worker(jobkit_redis_server, "rq-messages", tmp_path):
+        assert [w.name for w in Worker.all(queue=Queue("rq-messages", connection=client))]
+        assert wait_for_job(d.job_id).status == JobStatus.SUCCEEDED
+    assert (
+        Job.fetch(d.job_id, connection=client, serializer=JSONSerializer).get_status() == "finished"
+    )
+
+
+def test_hostile_and_corrupt_messages_fail_alone(
+    engine: RQEngine, client: redis.Redis, jobkit_redis_server: RedisServer, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pwned"
+    queue = Queue("rq-messages", connection=client, serializer=JSONSerializer)
+    arbitrary = queue.enqueue("os.system", f"touch {marker}")  # names a function, not a job
+    pickled = Queue("rq-messages", connection=client).enqueue("os.system", f"touch {marker}")
+    client.hset(
+        "rq:job:garbage",
+        mapping={"status": "queued", "data": b"\x00not zlib", "origin": "rq-messages"},
+    )
+    client.rpush("rq:queue:rq-messages", "garbage", "no-such-hash")
+    good = dispatch_job(rq_jobs.ok, {"workdir": str(tmp_path)})
+    with worker(jobkit_redis_server, "rq-messages", tmp_path):
+        assert wait_for_job(good.job_id).status == JobStatus.SUCCEEDED  # the worker went on
+    errors = {
+        name: json.loads(client.hget(f"rq:job:{job_id}", "jk_error"))["type"]
+        for name, job_id in (
+            ("arbitrary", arbitrary.id),
+            ("pickled", pickled.id),
+            ("garbage", "garbage"),
+        )
+    }
+    assert errors == {
+        "arbitrary": "UnknownJobError",
+        "pickled": "CorruptJobError",
+        "garbage": "CorruptJobError",
+    }
+    for job_id in (arbitrary.id, pickled.id, "garbage"):
+        assert client.hget(f"rq:job:{job_id}", "status") == b"failed"
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_job_is_recovered_without_rerunning_steps(
+    engine: RQEngine, jobkit_redis_server: RedisServer, tmp_path: Path
+) -> None:
+    workdir = str(tmp_path)
+    d = dispatch_job(rq_jobs.crashy, {"workdir": workdir})
+    first = worker(jobkit_redis_server, "rq-crash", tmp_path).start()
+    wait_for_job(d.job_id, lambda i: count(workdir, "waiting-1") == 1)
+    first.kill()
+    killed_at = time.monotonic()
+    with worker(jobkit_redis_server, "rq-crash", tmp_path):
+        wait_for_job(d.job_id, lambda i: count(workdir, "waiting-2") == 1, timeout=10)
+        recovered_in = time.monotonic() - killed_at
+        open_gate(workdir, "go")
+        info = wait_for_job(d.job_id)
+    assert (info.status, info.result, info.attempts) == (
+        JobStatus.SUCCEEDED,
+        ["first", "second"],
+        2,
+    )
+    assert (count(workdir, "first"), count(workdir, "second")) == (1, 1)
+    assert recovered_in < 3 * 0.3 + 0.3 + 2.5  # lease + one housekeeping pass + worker start
+
+
+def test_sigterm_finishes_the_running_job_and_takes_no_more(
+    engine: RQEngine, jobkit_redis_server: RedisServer, tmp_path: Path
+) -> None:
+    workdir = str(tmp_path)
+    running = dispatch_job(rq_jobs.held, {"workdir": workdir})
+    waiting = dispatch_job(rq_jobs.held, {"workdir": workdir, "gate": "later"})
+    process = worker(jobkit_redis_server, "rq-shutdown", tmp_path).start()
+    wait_for_job(running.job_id, _status(JobStatus.RUNNING))
+    process.signal(signal.SIGTERM)
+    open_gate(workdir, "go")
+    assert process.wait(15) == 0
+    assert get_job(running.job_id).status == JobStatus.SUCCEEDED
+    assert get_job(waiting.job_id).status == JobStatus.QUEUED
+
+
+def test_a_second_signal_aborts_and_the_job_runs_again_later(
+    engine: RQEngine, jobkit_redis_server: RedisServer, tmp_path: Path
+) -> None:
+    workdir = str(tmp_path)
+    d = dispatch_job(rq_jobs.held, {"workdir": workdir})
+    process = worker(jobkit_redis_server, "rq-shutdown", tmp_path).start()
+    wait_for_job(d.job_id, lambda i: count(workdir, "waiting-1") == 1)
+    process.signal(signal.SIGTERM)
+    process.signal(signal.SIGINT)
+    assert process.wait(15) == 0
+    info = get_job(d.job_id)
+    assert (info.status, info.attempts) == (JobStatus.QUEUED, 0)
+    open_gate(workdir, "go")
+    with worker(jobkit_redis_server, "rq-shutdown", tmp_path):
+        info = wait_for_job(d.job_id)
+    assert (info.status, info.attempts) == (JobStatus.SUCCEEDED, 1)
+    assert count(workdir, "first") == 1
+
+
+def test_a_dead_redis_fails_fast_with_a_clear_error() -> None:
+    settings = JobkitSettings(redis_url=f"redis://:s3cret@127.0.0.1:{free_port()}/0")
+    engine = RQEngine(get_redis(settings=settings), settings=settings)
+    request = JobRequest(uuid.uuid4().hex, "rqtest.ok", {"workdir": "."}, "rq-messages")
+    started = time.monotonic()
+    with pytest.raises(EngineUnavailableError) as caught:
+        engine.enqueue(request)
+    assert time.monotonic() - started < 2
+    assert "127.0.0.1" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
