@@ -62,8 +62,10 @@ class RQWorker:
         concurrency: int | None = None,
         registry: JobRegistry = default_registry,
         queues: QueueRegistry = default_queues,
+        burst: bool = False,
     ) -> None:
         self.settings = settings or get_settings()
+        self.burst = burst  # stop once the queue is empty and nothing runs
         spec = queues.get(queue)
         self.concurrency = concurrency or spec.concurrency
         self.keys = keys.QueueKeys(queue)
@@ -193,6 +195,12 @@ class RQWorker:
             job_id = await self._pop()
             if job_id is None:
                 slots.release()
+                if self.burst:
+                    if not self._running:
+                        break
+                    await asyncio.wait(
+                        list(self._running.values()), return_when=asyncio.FIRST_COMPLETED
+                    )
                 continue
             if self._stopping.is_set():  # popped while stopping: hand it back untouched
                 await self._retrying(lambda j=job_id: self._hand_back([j]), attempts=5)
@@ -207,9 +215,12 @@ class RQWorker:
     async def _pop(self) -> str | None:
         assert self.redis is not None
         try:
-            job_id = await self.redis.blmove(
-                self.keys.queue, self.keys.claimed, _POP_TIMEOUT, "LEFT", "RIGHT"
-            )
+            if self.burst:
+                job_id = await self.redis.lmove(self.keys.queue, self.keys.claimed)
+            else:
+                job_id = await self.redis.blmove(
+                    self.keys.queue, self.keys.claimed, _POP_TIMEOUT, "LEFT", "RIGHT"
+                )
         except (RedisError, OSError) as exc:
             log.warning("worker %s: cannot pop (%s); retrying", self.name, type(exc).__name__)
             await asyncio.sleep(min(1.0, self._heartbeat))
