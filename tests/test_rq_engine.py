@@ -184,3 +184,33 @@ def test_a_dead_redis_fails_fast_with_a_clear_error() -> None:
     assert time.monotonic() - started < 2
     assert "127.0.0.1" in str(caught.value)
     assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.slow
+def test_a_worker_rides_out_a_redis_restart(tmp_path: Path) -> None:
+    workdir = str(tmp_path)
+    with RedisServer(appendonly=True) as server:
+        settings = JobkitSettings(redis_url=server.url)
+        engine = RQEngine(get_redis(settings=settings), settings=settings)
+        with use_engine(engine), worker(server, "rq-shutdown", tmp_path) as process:
+            running = dispatch_job(rq_jobs.held, {"workdir": workdir})
+            wait_for_job(running.job_id, lambda i: count(workdir, "waiting-1") == 1)
+            queued = dispatch_job(rq_jobs.held, {"workdir": workdir, "gate": "next"})
+            server.stop()
+            _wait_for_log(process, "heartbeat failed")  # the worker saw the outage
+            assert process.process is not None and process.process.poll() is None
+            server.start()
+            open_gate(workdir, "go")
+            open_gate(workdir, "next")
+            first, second = wait_for_job(running.job_id), wait_for_job(queued.job_id)
+    assert (first.status, first.attempts) == (JobStatus.SUCCEEDED, 1)
+    assert (second.status, second.attempts) == (JobStatus.SUCCEEDED, 1)
+    assert (count(workdir, "first"), count(workdir, "second")) == (2, 2)
+
+
+def _wait_for_log(process: WorkerProcess, text: str, timeout: float = 10) -> None:
+    assert process.log_path is not None
+    deadline = time.monotonic() + timeout
+    while text not in process.log_path.read_text():
+        assert time.monotonic() < deadline, f"{text!r} never logged"
+        time.sleep(0.05)

@@ -337,31 +337,30 @@ class RQWorker:
     async def _heartbeats(self) -> None:
         """Keep this worker visible and the leases of its running jobs fresh; pick up
         cancellations the listener may have missed."""
-        assert self.redis is not None
         while True:
             await asyncio.sleep(self._heartbeat)
-            running = list(self._running)
             try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    pipe.hset(
-                        self.worker_key,
-                        mapping={
-                            "last_heartbeat": _rq_now(),
-                            "state": "busy" if running else "idle",
-                        },
-                    )
-                    pipe.expire(self.worker_key, int(self._lease) + 60)
-                    expiry = time.time() + self._lease
-                    for job_id in running:
-                        pipe.zadd(self.keys.running, {job_id: expiry}, xx=True)
-                        pipe.hget(keys.job_key(job_id), "jk_cancel")
-                    replies = await pipe.execute()
+                await self._renew()
             except (RedisError, OSError) as exc:
                 log.warning("worker %s: heartbeat failed (%s)", self.name, type(exc).__name__)
-                continue
-            for job_id, flag in zip(running, replies[3::2], strict=False):
-                if flag:
-                    self._cancel_local(job_id)
+
+    async def _renew(self) -> None:
+        assert self.redis is not None
+        running = list(self._running)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(
+                self.worker_key,
+                mapping={"last_heartbeat": _rq_now(), "state": "busy" if running else "idle"},
+            )
+            pipe.expire(self.worker_key, int(self._lease) + 60)
+            expiry = time.time() + self._lease
+            for job_id in running:
+                pipe.zadd(self.keys.running, {job_id: expiry}, xx=True)
+                pipe.hget(keys.job_key(job_id), "jk_cancel")
+            replies = await pipe.execute()
+        for job_id, flag in zip(running, replies[3::2], strict=False):
+            if flag:
+                self._cancel_local(job_id)
 
     async def _housekeeping(self) -> None:
         """Promote due scheduled jobs; every heartbeat also recover abandoned ones."""
@@ -391,6 +390,9 @@ class RQWorker:
         """Retry jobs whose lease expired, and hand back ids popped by a worker that died
         before starting them (seen on two passes in a row)."""
         assert self.redis is not None
+        # Renew our own leases first: after a Redis outage they may look expired, and a
+        # job this worker still runs must not be handed to another.
+        await self._renew()
         recovered = await self._recover(
             keys=[self.keys.running, self.keys.queue, self.keys.failed, self.keys.canceled],
             args=[
