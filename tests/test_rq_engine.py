@@ -214,3 +214,28 @@ def _wait_for_log(process: WorkerProcess, text: str, timeout: float = 10) -> Non
     while text not in process.log_path.read_text():
         assert time.monotonic() < deadline, f"{text!r} never logged"
         time.sleep(0.05)
+
+
+def test_one_worker_command_serves_several_queues_in_their_own_processes(
+    engine: RQEngine, jobkit_redis_server: RedisServer, client: redis.Redis, tmp_path: Path
+) -> None:
+    workdir = str(tmp_path)
+    held = dispatch_job(rq_jobs.held, {"workdir": workdir})
+    quick = dispatch_job(rq_jobs.ok, {"workdir": workdir})
+    process = WorkerProcess(
+        jobkit_redis_server.url,
+        ["rq-shutdown", "rq-messages"],
+        ["tests.rq_jobs"],
+        env=FAST,
+        log_path=tmp_path / "w.log",
+    ).start()
+    wait_for_job(held.job_id, _status(JobStatus.RUNNING))
+    assert wait_for_job(quick.job_id).status == JobStatus.SUCCEEDED  # not stuck behind `held`
+    pids = {int(client.hget(key, "pid")) for key in client.smembers("rq:workers")}
+    assert len(pids) == 2
+    assert process.pid not in pids
+    process.signal(signal.SIGTERM)
+    open_gate(workdir, "go")
+    assert process.wait(15) == 0
+    assert get_job(held.job_id).status == JobStatus.SUCCEEDED
+    assert client.scard("rq:workers") == 0

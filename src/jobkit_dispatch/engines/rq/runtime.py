@@ -63,7 +63,9 @@ def run_worker(
 
 
 def _serve_in_child(queue: str, settings: JobkitSettings, concurrency: int | None) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # Out of the terminal's process group: a Ctrl-C reaches the parent only, which forwards
+    # it once, so one Ctrl-C means "finish and stop", not "abort".
+    os.setpgrp()
     asyncio.run(serve_queue(queue, settings, concurrency))
 
 
