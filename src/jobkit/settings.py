@@ -39,6 +39,12 @@ class JobkitSettings(BaseSettings):
     pickup_timeout: float | None = Field(
         None, ge=0, description="seconds to wait for an RQ worker to start a job, or off"
     )
+    circuit_cool_down: float = Field(
+        5.0, gt=0, description="seconds RQ is skipped after Redis failed, before a new probe"
+    )
+    worker_check_ttl: float = Field(
+        1.0, ge=0, description="seconds a 'live worker serves this queue' answer is reused"
+    )
     sleep_threshold: float = Field(
         5.0, ge=0, description="sleeps at least this long free the worker (seconds)"
     )

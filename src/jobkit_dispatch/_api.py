@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from jobkit.durations import Duration
-from jobkit_dispatch._dispatch import Dispatched, get_dispatcher
+from jobkit_dispatch._dispatch import _SETTING, Dispatched, get_dispatcher
 from jobkit_engine import JobDefinition, JobInfo
 
 
@@ -18,18 +18,27 @@ def dispatch_job(
     at: datetime | None = None,
     queue: str | None = None,
     idempotency_key: str | None = None,
+    pickup_timeout: float | object | None = _SETTING,
 ) -> Dispatched:
     """Hand a job to a background worker and return at once.
 
     `job` is a `@job` definition or a job name; `payload` a dict or the job's model. The
     payload is validated first (`PayloadValidationError`, nothing enqueued); `delay`
     (seconds or timedelta) or `at` (aware datetime) defer the job; `queue` overrides the
-    job's queue; `idempotency_key` makes a repeat return the first job.
+    job's queue; `idempotency_key` makes a repeat return the first job; `pickup_timeout`
+    (seconds, default `JOBKIT_PICKUP_TIMEOUT`) waits for an RQ worker to start the job and
+    moves it to the next engine if none does.
     Raises `UnknownJobError`, `PayloadValidationError`, or `DispatchError` when no engine
     can take the job.
     """
     return get_dispatcher().dispatch(
-        job, payload, delay=delay, at=at, queue=queue, idempotency_key=idempotency_key
+        job,
+        payload,
+        delay=delay,
+        at=at,
+        queue=queue,
+        idempotency_key=idempotency_key,
+        pickup_timeout=pickup_timeout,
     )
 
 
@@ -41,10 +50,17 @@ async def adispatch_job(
     at: datetime | None = None,
     queue: str | None = None,
     idempotency_key: str | None = None,
+    pickup_timeout: float | object | None = _SETTING,
 ) -> Dispatched:
     """`dispatch_job` for async code."""
     return await get_dispatcher().adispatch(
-        job, payload, delay=delay, at=at, queue=queue, idempotency_key=idempotency_key
+        job,
+        payload,
+        delay=delay,
+        at=at,
+        queue=queue,
+        idempotency_key=idempotency_key,
+        pickup_timeout=pickup_timeout,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from jobkit.settings import JobkitSettings, get_settings
 from jobkit_dispatch.engines import Engine, JobRequest, load_engine
 from jobkit_engine import JobDefinition, JobInfo, JobRegistry, default_registry
 
+_SETTING: Any = object()  # "use JOBKIT_PICKUP_TIMEOUT"
 _IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c7c2e-3b0e-4d8a-9a56-8f0b8f8f7a10")
 
 
@@ -78,6 +80,13 @@ class Dispatcher:
         else:
             yield "temporal", "rq-disabled"
 
+    @property
+    def falls_back(self) -> bool:
+        """Whether a job can move on to another engine: only then does the dispatcher ask
+        an engine whether it can take a job, or confirm that a worker picked it up. A
+        forced engine takes every job (it waits in the queue for a worker)."""
+        return self._forced is None and self.settings.engine == "auto"
+
     def engine(self, name: str) -> Engine:
         """The engine `name`, built on first use and kept."""
         if self._forced is not None and name == self._forced.name:
@@ -132,7 +141,11 @@ class Dispatcher:
     def _candidates(
         self, request: JobRequest, causes: dict[str, str]
     ) -> Iterator[tuple[Engine, JobRequest]]:
+        """Engines that say they can take `request` now, each with the reason it is used:
+        a fallback engine carries the cause that sent the job past the engine before it."""
         for name, reason in self._route():
+            if reason == "fallback" and causes:
+                reason = list(causes.values())[-1]
             try:
                 engine = self.engine(name)
             except ConfigurationError as exc:
@@ -141,12 +154,43 @@ class Dispatcher:
             if (request.delay or request.run_at) and not engine.supports_delay:
                 causes[name] = "does not support delay= / at="
                 continue
+            why = engine.availability(request) if self.falls_back else None
+            if why is not None:
+                causes[name] = why
+                continue
             yield engine, replace(request, reason=reason)
 
+    def _pickup_timeout(self, engine: Engine, request: JobRequest, per_call: Any) -> float | None:
+        timeout = self.settings.pickup_timeout if per_call is _SETTING else per_call
+        if timeout is None or not self.falls_back or not engine.supports_pickup_confirmation:
+            return None
+        return None if (request.delay or request.run_at) else timeout
+
+    def _existing(self, request: JobRequest) -> Dispatched | None:
+        """The job an idempotency key already names, on whichever engine has it."""
+        if request.idempotency_key is None:
+            return None
+        for engine in self._known_engines():
+            try:
+                info = engine.get(request.job_id)
+            except EngineUnavailableError:
+                continue
+            if info is not None:
+                return Dispatched(request.job_id, engine.name, info.reason, created=False)
+        return None
+
     def dispatch(
-        self, job: JobDefinition[Any, Any] | str, payload: Any = None, **options: Any
+        self,
+        job: JobDefinition[Any, Any] | str,
+        payload: Any = None,
+        *,
+        pickup_timeout: float | object | None = _SETTING,
+        **options: Any,
     ) -> Dispatched:
         request = self.prepare(job, payload, **options)
+        existing = self._existing(request)
+        if existing is not None:
+            return existing
         causes: dict[str, str] = {}
         for engine, routed in self._candidates(request, causes):
             try:
@@ -154,13 +198,27 @@ class Dispatcher:
             except EngineUnavailableError as exc:
                 causes[engine.name] = str(exc)
                 continue
+            timeout = self._pickup_timeout(engine, routed, pickup_timeout)
+            if created and timeout is not None and not engine.confirm_pickup(routed, timeout):  # type: ignore[attr-defined]
+                causes[engine.name] = "pickup-timeout"
+                continue
             return Dispatched(routed.job_id, engine.name, routed.reason, created)
         raise DispatchError(request.job_name, causes)
 
     async def adispatch(
-        self, job: JobDefinition[Any, Any] | str, payload: Any = None, **options: Any
+        self,
+        job: JobDefinition[Any, Any] | str,
+        payload: Any = None,
+        *,
+        pickup_timeout: float | object | None = _SETTING,
+        **options: Any,
     ) -> Dispatched:
         request = self.prepare(job, payload, **options)
+        existing = (
+            await asyncio.to_thread(self._existing, request) if request.idempotency_key else None
+        )
+        if existing is not None:
+            return existing
         causes: dict[str, str] = {}
         for engine, routed in self._candidates(request, causes):
             try:
@@ -168,6 +226,12 @@ class Dispatcher:
             except EngineUnavailableError as exc:
                 causes[engine.name] = str(exc)
                 continue
+            timeout = self._pickup_timeout(engine, routed, pickup_timeout)
+            if created and timeout is not None:
+                taken = await asyncio.to_thread(engine.confirm_pickup, routed, timeout)  # type: ignore[attr-defined]
+                if not taken:
+                    causes[engine.name] = "pickup-timeout"
+                    continue
             return Dispatched(routed.job_id, engine.name, routed.reason, created)
         raise DispatchError(request.job_name, causes)
 
@@ -179,31 +243,32 @@ class Dispatcher:
             return info
         return replace(info, result=self._registry.get(info.job_name).load_result(info.result))
 
-    def get(self, job_id: str) -> JobInfo:
+    def _locate(self, job_id: str) -> tuple[Engine, JobInfo]:
+        """The engine that has the job. An engine that cannot answer is skipped; if no
+        other engine has the job, its error is raised instead of "not found"."""
+        unavailable: EngineUnavailableError | None = None
         for engine in self._known_engines():
-            info = engine.get(job_id)
+            try:
+                info = engine.get(job_id)
+            except EngineUnavailableError as exc:
+                unavailable = unavailable or exc
+                continue
             if info is not None:
-                return self._decoded(info)
-        raise JobNotFoundError(job_id)
+                return engine, info
+        raise unavailable or JobNotFoundError(job_id)
+
+    def get(self, job_id: str) -> JobInfo:
+        return self._decoded(self._locate(job_id)[1])
 
     async def aget(self, job_id: str) -> JobInfo:
-        for engine in self._known_engines():
-            info = await engine.aget(job_id)
-            if info is not None:
-                return self._decoded(info)
-        raise JobNotFoundError(job_id)
+        return self._decoded((await asyncio.to_thread(self._locate, job_id))[1])
 
     def cancel(self, job_id: str) -> bool:
-        for engine in self._known_engines():
-            if engine.get(job_id) is not None:
-                return engine.cancel(job_id)
-        raise JobNotFoundError(job_id)
+        return self._locate(job_id)[0].cancel(job_id)
 
     async def acancel(self, job_id: str) -> bool:
-        for engine in self._known_engines():
-            if await engine.aget(job_id) is not None:
-                return await engine.acancel(job_id)
-        raise JobNotFoundError(job_id)
+        engine, _ = await asyncio.to_thread(self._locate, job_id)
+        return await engine.acancel(job_id)
 
     def close(self) -> None:
         with self._lock:

@@ -48,6 +48,12 @@ class Engine(Protocol):
     supports_durable_sleep: bool  # a long step.sleep frees the worker and resumes the job
     supports_cancel_running: bool  # cancel_job interrupts a job that is running
     supports_progress: bool  # report_progress is visible through get_job while running
+    supports_pickup_confirmation: bool  # implements `ConfirmsPickup`: withdraws untaken jobs
+
+    def availability(self, request: JobRequest) -> str | None:
+        """Why this engine cannot take `request` right now (e.g. "no-live-worker: default"),
+        or None. Called before every enqueue, so it must be cheap: cache what it learns."""
+        ...
 
     def enqueue(self, request: JobRequest) -> bool:
         """Store and queue the job; False (and no change) when its id already exists.
@@ -76,6 +82,17 @@ class Engine(Protocol):
         ...
 
 
+@runtime_checkable
+class ConfirmsPickup(Protocol):
+    """An engine that can tell whether a worker took a job, and take it back if not."""
+
+    def confirm_pickup(self, job_id: str, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for a worker to start the job. True: a worker has
+        it (it stays). False: nobody took it and it was withdrawn atomically — it will never
+        run on this engine."""
+        ...
+
+
 class EngineBase(ABC):
     """Defaults: the async twins run the sync methods in a thread; nothing to close.
 
@@ -88,6 +105,10 @@ class EngineBase(ABC):
     supports_durable_sleep: ClassVar[bool] = False
     supports_cancel_running: ClassVar[bool] = False
     supports_progress: ClassVar[bool] = False
+    supports_pickup_confirmation: ClassVar[bool] = False
+
+    def availability(self, request: JobRequest) -> str | None:
+        return None
 
     @abstractmethod
     def enqueue(self, request: JobRequest) -> bool: ...

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from redis.exceptions import RedisError
 
+from jobkit.circuit import CircuitBreaker
 from jobkit.connection import get_redis
 from jobkit.errors import EngineUnavailableError, JobNotFoundError
 from jobkit.queues import QueueRegistry, default_queues
@@ -15,7 +16,7 @@ from jobkit.settings import JobkitSettings, get_settings, redact_url
 from jobkit_dispatch.engines.base import EngineBase, JobRequest
 from jobkit_dispatch.engines.rq import keys
 from jobkit_dispatch.engines.rq.codec import INFO_FIELDS, decode_info, job_mapping
-from jobkit_dispatch.engines.rq.scripts import CANCEL, ENQUEUE
+from jobkit_dispatch.engines.rq.scripts import CANCEL, ENQUEUE, LIVE_WORKERS, WITHDRAW
 from jobkit_engine import JobInfo
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ class RQEngine(EngineBase):
     supports_durable_sleep: ClassVar[bool] = True
     supports_cancel_running: ClassVar[bool] = True
     supports_progress: ClassVar[bool] = True
+    supports_pickup_confirmation: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -43,6 +45,10 @@ class RQEngine(EngineBase):
         self._queues = queues
         self._enqueue = self.redis.register_script(ENQUEUE)
         self._cancel = self.redis.register_script(CANCEL)
+        self._live_workers = self.redis.register_script(LIVE_WORKERS)
+        self._withdraw = self.redis.register_script(WITHDRAW)
+        self.breaker = CircuitBreaker(self.settings.circuit_cool_down)
+        self._live: dict[str, tuple[float, int]] = {}  # queue -> (valid until, live workers)
 
     @classmethod
     def from_settings(cls, settings: JobkitSettings) -> RQEngine:
@@ -50,7 +56,42 @@ class RQEngine(EngineBase):
 
     def _unavailable(self, exc: Exception) -> EngineUnavailableError:
         where = redact_url(self.settings.redis_url)
-        return EngineUnavailableError(f"Redis at {where}: {type(exc).__name__}: {exc}")
+        why = f"Redis at {where}: {type(exc).__name__}: {exc}"
+        self.breaker.failure(why)
+        return EngineUnavailableError(f"redis-unhealthy: {why}")
+
+    def availability(self, request: JobRequest) -> str | None:
+        """Redis answers and a live jobkit worker serves the queue (it also promotes
+        delayed jobs). The answer is reused for `worker_check_ttl` seconds, and an open
+        circuit skips Redis at once, so a dispatch rarely pays a round trip here."""
+        if not self.breaker.allow():
+            return f"redis-unhealthy: {self.breaker.last_failure} (circuit open)"
+        now = time.monotonic()
+        cached = self._live.get(request.queue)
+        if cached is None or cached[0] <= now:
+            oldest = time.time() - 3 * self.settings.worker_heartbeat
+            try:
+                alive = self._live_workers(
+                    keys=[keys.QueueKeys(request.queue).workers], args=[oldest]
+                )
+            except RedisError as exc:
+                return str(self._unavailable(exc))
+            self.breaker.success()
+            cached = self._live[request.queue] = (now + self.settings.worker_check_ttl, alive)
+        return None if cached[1] else f"no-live-worker: {request.queue}"
+
+    def confirm_pickup(self, request: JobRequest, timeout: float) -> bool:
+        key = keys.job_key(request.job_id)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if self.redis.hget(key, "status") != b"queued":
+                    return True
+                time.sleep(0.005)
+            queue = keys.QueueKeys(request.queue).queue
+            return self._withdraw(keys=[key, queue], args=[request.job_id]) != 1
+        except RedisError:
+            return True  # it is enqueued and cannot be withdrawn: it stays and runs here
 
     def enqueue(self, request: JobRequest) -> bool:
         now = time.time()
@@ -77,6 +118,7 @@ class RQEngine(EngineBase):
             )
         except RedisError as exc:
             raise self._unavailable(exc) from exc
+        self.breaker.success()
         return bool(created)
 
     def get(self, job_id: str) -> JobInfo | None:

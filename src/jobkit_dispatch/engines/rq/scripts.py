@@ -153,3 +153,23 @@ redis.call('ZADD', ARGV[7] .. queue, ARGV[2] + ARGV[3], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 """
+
+# KEYS: queue's workers set. ARGV: oldest heartbeat (unix time) that counts as alive.
+LIVE_WORKERS = """
+local alive = 0
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local beat = redis.call('HGET', key, 'jk_heartbeat')
+  if beat and tonumber(beat) >= tonumber(ARGV[1]) then alive = alive + 1 end
+end
+return alive
+"""
+
+# KEYS: job, queue. ARGV: id.
+# 1: withdrawn (it will never run here); 0: a worker has it, or it is no longer queued;
+# -1: a worker popped it and is starting it: it stays.
+WITHDRAW = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
+if redis.call('LREM', KEYS[2], 0, ARGV[1]) == 0 then return -1 end
+redis.call('DEL', KEYS[1])
+return 1
+"""

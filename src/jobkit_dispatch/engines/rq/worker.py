@@ -170,6 +170,7 @@ class RQWorker:
                     "state": "idle",
                     "version": "jobkit",
                     "python_version": sys.version,
+                    "jk_heartbeat": time.time(),  # read by the dispatcher's live-worker check
                 },
             )
             pipe.expire(self.worker_key, ttl)
@@ -350,7 +351,11 @@ class RQWorker:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(
                 self.worker_key,
-                mapping={"last_heartbeat": _rq_now(), "state": "busy" if running else "idle"},
+                mapping={
+                    "last_heartbeat": _rq_now(),
+                    "jk_heartbeat": time.time(),
+                    "state": "busy" if running else "idle",
+                },
             )
             pipe.expire(self.worker_key, int(self._lease) + 60)
             expiry = time.time() + self._lease
