@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from pydantic import BaseModel
@@ -37,6 +38,15 @@ crashy = job("rqtest.crashy", queue="rq-crash", retry=Retry(attempts=3, initial_
     _two_steps
 )
 held = job("rqtest.held", queue="rq-shutdown", retry=Retry(attempts=3, initial_delay=0))(_two_steps)
+
+
+class Nap(BaseModel):
+    seconds: float
+
+
+@job("rqtest.nap", queue="rq-messages", retry=1)
+async def nap(ctx: JobContext, payload: Nap) -> None:
+    await asyncio.sleep(payload.seconds)
 
 
 @job("rqtest.ok", queue="rq-messages", retry=1)

@@ -68,7 +68,7 @@ def test_no_engine_raises_dispatch_error_naming_each_cause(monkeypatch: pytest.M
     dispatcher = Dispatcher(settings=JobkitSettings(engine="auto"))
     with pytest.raises(DispatchError) as caught:
         dispatcher.dispatch(greet, {"name": "ada"})
-    assert set(caught.value.causes) == {"down", "temporal"}
+    assert set(caught.value.causes) == {"rq", "temporal"}
     assert "refused the connection" in str(caught.value)
     assert "jobkit_nowhere" in str(caught.value)
     dispatcher.close()

@@ -140,9 +140,10 @@ class Dispatcher:
 
     def _candidates(
         self, request: JobRequest, causes: dict[str, str]
-    ) -> Iterator[tuple[Engine, JobRequest]]:
-        """Engines that say they can take `request` now, each with the reason it is used:
-        a fallback engine carries the cause that sent the job past the engine before it."""
+    ) -> Iterator[tuple[str, Engine, JobRequest]]:
+        """Engines that say they can take `request` now (by route name), each with the
+        reason it is used: a fallback engine carries the cause that sent the job past the
+        engine before it."""
         for name, reason in self._route():
             if reason == "fallback" and causes:
                 reason = list(causes.values())[-1]
@@ -158,7 +159,7 @@ class Dispatcher:
             if why is not None:
                 causes[name] = why
                 continue
-            yield engine, replace(request, reason=reason)
+            yield name, engine, replace(request, reason=reason)
 
     def _pickup_timeout(self, engine: Engine, request: JobRequest, per_call: Any) -> float | None:
         timeout = self.settings.pickup_timeout if per_call is _SETTING else per_call
@@ -192,15 +193,15 @@ class Dispatcher:
         if existing is not None:
             return existing
         causes: dict[str, str] = {}
-        for engine, routed in self._candidates(request, causes):
+        for name, engine, routed in self._candidates(request, causes):
             try:
                 created = engine.enqueue(routed)
             except EngineUnavailableError as exc:
-                causes[engine.name] = str(exc)
+                causes[name] = str(exc)
                 continue
             timeout = self._pickup_timeout(engine, routed, pickup_timeout)
             if created and timeout is not None and not engine.confirm_pickup(routed, timeout):  # type: ignore[attr-defined]
-                causes[engine.name] = "pickup-timeout"
+                causes[name] = "pickup-timeout"
                 continue
             return Dispatched(routed.job_id, engine.name, routed.reason, created)
         raise DispatchError(request.job_name, causes)
@@ -220,17 +221,17 @@ class Dispatcher:
         if existing is not None:
             return existing
         causes: dict[str, str] = {}
-        for engine, routed in self._candidates(request, causes):
+        for name, engine, routed in self._candidates(request, causes):
             try:
                 created = await engine.aenqueue(routed)
             except EngineUnavailableError as exc:
-                causes[engine.name] = str(exc)
+                causes[name] = str(exc)
                 continue
             timeout = self._pickup_timeout(engine, routed, pickup_timeout)
             if created and timeout is not None:
                 taken = await asyncio.to_thread(engine.confirm_pickup, routed, timeout)  # type: ignore[attr-defined]
                 if not taken:
-                    causes[engine.name] = "pickup-timeout"
+                    causes[name] = "pickup-timeout"
                     continue
             return Dispatched(routed.job_id, engine.name, routed.reason, created)
         raise DispatchError(request.job_name, causes)

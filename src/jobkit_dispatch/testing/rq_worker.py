@@ -83,7 +83,7 @@ class WorkerProcess:
                 self.kill()
 
     def __enter__(self) -> WorkerProcess:
-        return self.start()
+        return self if self.process is not None else self.start()
 
     def __exit__(
         self,

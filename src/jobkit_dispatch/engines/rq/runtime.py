@@ -66,7 +66,20 @@ def _serve_in_child(queue: str, settings: JobkitSettings, concurrency: int | Non
     # Out of the terminal's process group: a Ctrl-C reaches the parent only, which forwards
     # it once, so one Ctrl-C means "finish and stop", not "abort".
     os.setpgrp()
+    _stop_with_parent()
     asyncio.run(serve_queue(queue, settings, concurrency))
+
+
+def _stop_with_parent() -> None:
+    """Ask Linux to send this process SIGTERM when its parent dies (even by SIGKILL), so a
+    killed `jobkit worker` leaves no queue process behind. Elsewhere, do nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 async def serve_queue(queue: str, settings: JobkitSettings, concurrency: int | None = None) -> None:

@@ -141,7 +141,7 @@ class RQWorker:
                 return await action()
             except (RedisError, OSError) as exc:
                 tried += 1
-                if attempts is not None and tried >= attempts:
+                if self._aborting or (attempts is not None and tried >= attempts):
                     log.error("worker %s: giving up on Redis: %s", self.name, exc)
                     return None
                 log.warning(
