@@ -7,9 +7,11 @@ test_fallback_temporal.py.
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar
 
@@ -184,3 +186,68 @@ def test_both_engines_down_raises_and_enqueues_nothing(
     assert "redis-unhealthy" in caught.value.causes["rq"]
     assert "refused" in caught.value.causes["temporal"]
     d.close()
+
+
+class SilentServer:
+    """A TCP port on loopback that never answers: `accept=True` takes connections and
+    never replies; `accept=False` fills its backlog so new connections hang in SYN."""
+
+    def __init__(self, accept: bool) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(0 if not accept else 16)
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        if not accept:  # occupy the backlog so later SYNs are dropped
+            for _ in range(4):
+                s = socket.socket()
+                s.setblocking(False)
+                s.connect_ex(("127.0.0.1", self.port))
+                self.held.append(s)
+
+    def close(self) -> None:
+        for s in self.held:
+            s.close()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("accept", [True, False], ids=["never-answers", "never-accepts"])
+def test_a_blackholed_redis_costs_a_dispatch_at_most_its_budget(
+    accept: bool, tmp_path: Path
+) -> None:
+    silent = SilentServer(accept)
+    d = make_dispatcher(
+        f"redis://127.0.0.1:{silent.port}/0", redis_connect_timeout=0.25, redis_socket_timeout=0.5
+    )
+    try:
+        started = time.perf_counter()
+        first = d.dispatch(rq_jobs.ok, {"workdir": str(tmp_path)})
+        first_took = time.perf_counter() - started
+        started = time.perf_counter()
+        second = d.dispatch(rq_jobs.ok, {"workdir": str(tmp_path)})
+        second_took = time.perf_counter() - started
+    finally:
+        d.close()
+        silent.close()
+    assert first.engine == second.engine == "temporal"
+    assert first.reason.startswith("redis-unhealthy")
+    budget = 0.25 + 0.5
+    assert first_took < budget + 0.5, first_took  # one attempt, bounded by the timeouts
+    assert second_took < 0.05, second_took  # the open circuit skips Redis at once
+
+
+def test_concurrent_dispatch_from_threads(
+    dispatcher: Dispatcher, jobkit_redis_server: RedisServer, tmp_path: Path
+) -> None:
+    workdir = str(tmp_path)
+    with start_worker(jobkit_redis_server, "rq-messages", tmp_path):
+        with ThreadPoolExecutor(8) as pool:
+            dispatched = list(
+                pool.map(
+                    lambda _: dispatcher.dispatch(rq_jobs.ok, {"workdir": workdir}), range(200)
+                )
+            )
+        assert len({d.job_id for d in dispatched}) == 200
+        for d in dispatched:
+            assert wait_for_job(d.job_id).status == JobStatus.SUCCEEDED
+    assert count(workdir, "ok") == 200

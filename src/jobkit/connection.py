@@ -48,11 +48,17 @@ def get_redis(url: str | SecretStr | None = None, settings: JobkitSettings | Non
         client = _clients.get(key)
         if client is None:
             redis = _import_redis()
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
             client = redis.Redis.from_url(
                 raw,
                 socket_timeout=settings.redis_socket_timeout,
                 socket_connect_timeout=settings.redis_connect_timeout,
                 health_check_interval=30,
+                # No silent retries: a sick Redis must cost one timeout, then the circuit
+                # breaker and the fallback decide what happens next.
+                retry=Retry(NoBackoff(), 0),
             )
             _clients[key] = client
     return client

@@ -9,6 +9,7 @@ whose worker died, and a listener for cancellations.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -127,9 +128,12 @@ class RQWorker:
         finally:
             for task in helpers:
                 task.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            # Bounded: a helper cancelled mid-handshake (e.g. a pubsub subscribe) must not
+            # keep the worker from exiting.
+            await asyncio.wait(helpers, timeout=2)
             await self._retrying(self._unregister, attempts=3)
-            await self.redis.aclose()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.redis.aclose(), 2)
             log.info("worker %s stopped", self.name)
 
     async def _retrying(self, action: Any, attempts: int | None = None) -> Any:
