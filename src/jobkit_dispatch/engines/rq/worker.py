@@ -218,6 +218,29 @@ class RQWorker:
             )
 
     async def _pop(self) -> str | None:
+        """The next job id, or None. A stop request interrupts the wait at once: an id
+        the server moved meanwhile sits in the claimed list, and is handed back."""
+        if self.burst:
+            return await self._pop_now()
+        pop = asyncio.create_task(self._pop_now())
+        stop = asyncio.create_task(self._stopping.wait())
+        await asyncio.wait({pop, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if pop.done():
+            return pop.result()
+        pop.cancel()
+        await asyncio.gather(pop, return_exceptions=True)
+        await self._retrying(self._hand_back_orphans, attempts=3)
+        return None
+
+    async def _hand_back_orphans(self) -> None:
+        assert self.redis is not None
+        claimed = {j.decode() for j in await self.redis.lrange(self.keys.claimed, 0, -1)}
+        orphans = sorted(claimed - set(self._running))
+        if orphans:
+            await self._hand_back(orphans)
+
+    async def _pop_now(self) -> str | None:
         assert self.redis is not None
         try:
             if self.burst:
