@@ -197,9 +197,10 @@ def test_a_worker_rides_out_a_redis_restart(tmp_path: Path) -> None:
             wait_for_job(running.job_id, lambda i: count(workdir, "waiting-1") == 1)
             queued = dispatch_job(rq_jobs.held, {"workdir": workdir, "gate": "next"})
             server.stop()
-            _wait_for_log(process, "heartbeat failed")  # the worker saw the outage
+            _wait_for_log(process, "Redis unavailable")  # the worker saw the outage
             assert process.process is not None and process.process.poll() is None
             server.start()
+            _wait_for_log(process, "Redis is back")
             open_gate(workdir, "go")
             open_gate(workdir, "next")
             first, second = wait_for_job(running.job_id), wait_for_job(queued.job_id)

@@ -144,5 +144,24 @@ def worker(
     runtime(queues=served, modules=names, settings=get_settings(), concurrency=concurrency)
 
 
+@main.command("dev")
+@click.option("--demo", is_flag=True, help="Dispatch example jobs, stop Redis, show the fallback.")
+@click.option(
+    "--queue",
+    "-q",
+    "queues",
+    multiple=True,
+    metavar="QUEUE",
+    help="Queue the workers serve (repeatable); default: every registered queue.",
+)
+@_import_option
+def dev(demo: bool, queues: tuple[str, ...], modules: tuple[str, ...]) -> None:
+    """Run Redis, the Temporal dev server and workers here; Ctrl-C stops them."""
+    from jobkit_dispatch.dev import run_dev
+
+    names = _load_jobs(modules)
+    run_dev(queues, names, demo)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

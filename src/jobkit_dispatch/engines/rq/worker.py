@@ -82,6 +82,7 @@ class RQWorker:
         self._in_handler: set[str] = set()  # jobs whose handler runs: only those are cancelled
         self._stopping = asyncio.Event()
         self._aborting = False
+        self._outage_since: float | None = None  # monotonic time Redis stopped answering
         self.redis: aioredis.Redis | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -142,20 +143,40 @@ class RQWorker:
         delay, tried = 0.1, 0
         while True:
             try:
-                return await action()
+                result = await action()
             except (RedisError, OSError) as exc:
                 tried += 1
                 if self._aborting or (attempts is not None and tried >= attempts):
                     log.error("worker %s: giving up on Redis: %s", self.name, exc)
                     return None
-                log.warning(
-                    "worker %s: Redis unavailable (%s); retrying in %.1fs",
-                    self.name,
-                    type(exc).__name__,
-                    delay,
-                )
+                self._redis_failed(exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            else:
+                self._redis_ok()
+                return result
+
+    def _redis_failed(self, exc: Exception) -> None:
+        """Log an outage once, not once per loop and second."""
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            log.warning(
+                "worker %s: Redis unavailable (%s: %s); riding it out, jobs in hand are kept",
+                self.name,
+                type(exc).__name__,
+                exc,
+            )
+        else:
+            log.debug("worker %s: Redis still unavailable (%s)", self.name, type(exc).__name__)
+
+    def _redis_ok(self) -> None:
+        if self._outage_since is not None:
+            log.warning(
+                "worker %s: Redis is back after %.1fs",
+                self.name,
+                time.monotonic() - self._outage_since,
+            )
+            self._outage_since = None
 
     async def _register(self) -> None:
         assert self.redis is not None
@@ -250,7 +271,7 @@ class RQWorker:
                     self.keys.queue, self.keys.claimed, _POP_TIMEOUT, "LEFT", "RIGHT"
                 )
         except (RedisError, OSError) as exc:
-            log.warning("worker %s: cannot pop (%s); retrying", self.name, type(exc).__name__)
+            self._redis_failed(exc)
             await asyncio.sleep(min(1.0, self._heartbeat))
             return None
         return None if job_id is None else job_id.decode()
@@ -370,7 +391,9 @@ class RQWorker:
             try:
                 await self._renew()
             except (RedisError, OSError) as exc:
-                log.warning("worker %s: heartbeat failed (%s)", self.name, type(exc).__name__)
+                self._redis_failed(exc)
+            else:
+                self._redis_ok()
 
     async def _renew(self) -> None:
         assert self.redis is not None
@@ -404,7 +427,7 @@ class RQWorker:
                     next_recovery = time.monotonic() + self._heartbeat
                     seen_claimed = await self._recover_abandoned(seen_claimed)
             except (RedisError, OSError) as exc:
-                log.warning("worker %s: housekeeping failed (%s)", self.name, type(exc).__name__)
+                self._redis_failed(exc)
                 wait = 1.0
             await asyncio.sleep(wait)
 
