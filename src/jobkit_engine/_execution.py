@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,6 +27,18 @@ from jobkit_engine._registry import JobRegistry, default_registry
 from jobkit_engine._status import JobError
 
 _FATAL = (NonRetryableError, StepError, UnknownJobError, PayloadValidationError)
+
+_deadline: ContextVar[asyncio.Timeout | None] = ContextVar("jobkit_attempt_deadline", default=None)
+
+
+def attempt_deadline() -> asyncio.Timeout | None:
+    """The timeout of the attempt running in this task, or None outside `execute_job`.
+
+    An engine whose long sleeps keep the attempt alive (Temporal's durable timers) moves it
+    back by the time slept, so that a sleep does not count against the job's timeout, as
+    on engines where a long sleep ends the execution.
+    """
+    return _deadline.get()
 
 
 @dataclass(frozen=True)
@@ -76,7 +89,11 @@ async def execute_job(
         return Failed(JobError.from_exception(exc), None)
     try:
         async with asyncio.timeout(timeout.total_seconds()) as deadline:
-            result = await definition(make_context(definition), value)
+            token = _deadline.set(deadline)
+            try:
+                result = await definition(make_context(definition), value)
+            finally:
+                _deadline.reset(token)
     except SuspendJob as suspend:
         return Suspended(suspend.wake_at)
     except TimeoutError as exc:

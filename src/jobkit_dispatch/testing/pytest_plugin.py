@@ -9,6 +9,7 @@ import pytest
 from jobkit_dispatch.engines.inline import InlineEngine
 from jobkit_dispatch.testing import inline_engine
 from jobkit_dispatch.testing.redis_server import RedisServer
+from jobkit_dispatch.testing.temporal_server import TemporalDevServer, TimeSkippingServer
 from jobkit_engine import ManualClock
 
 
@@ -29,4 +30,20 @@ def jobkit_inline(jobkit_clock: ManualClock) -> Iterator[InlineEngine]:
 def jobkit_redis_server() -> Iterator[RedisServer]:
     """A real `redis-server` on a free loopback port, for the whole test session."""
     with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def jobkit_temporal_server() -> Iterator[TemporalDevServer]:
+    """A Temporal dev server (`temporal server start-dev`) on a free loopback port, in
+    memory, for the whole test session. Connect with `jobkit_temporal_server.address`."""
+    with TemporalDevServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def jobkit_temporal_time_skipping_server() -> Iterator[TimeSkippingServer]:
+    """Temporal's time-skipping test server for the whole test session; time skips once a
+    test calls `unlock_time_skipping()` on it."""
+    with TimeSkippingServer() as server:
         yield server

@@ -1,0 +1,129 @@
+"""What the client, the workflow and `get_job` agree on: names, the input, the memo.
+
+A job's state lives in its workflow's memo (`MEMO_KEY`), written first by the client when
+it starts the workflow and then by the workflow at each change. `get_job` therefore needs
+one `DescribeWorkflowExecution` and no live worker.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from jobkit_engine import JobError, JobInfo, JobStatus, Progress
+
+WORKFLOW_NAME = "jobkit.job"
+"""The one workflow type that runs every job."""
+
+SLOT_SIGNAL = "jobkit.slot-free"
+"""Sent by a worker to a queued job when a slot of its queue frees up."""
+
+ACQUIRE_SLOT = "jobkit.acquire-slot"
+"""The local activity that takes a slot of the job's queue on this worker."""
+
+MEMO_KEY = "jobkit"
+
+# Temporal refuses a memo past 32 KB (and a refused memo update fails the workflow task
+# over and over), so what users write into it is cut to size.
+_MESSAGE_LIMIT = 2000
+_TRACEBACK_LIMIT = 4000  # a traceback's tail says the most
+
+
+def _head(text: str | None, limit: int) -> str | None:
+    return text if text is None or len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _tail(text: str | None, limit: int) -> str | None:
+    return text if text is None or len(text) <= limit else "…" + text[-(limit - 1) :]
+
+
+class JobInput(BaseModel):
+    """The workflow's argument: the job request plus what the workflow needs to run it."""
+
+    job_name: str
+    payload: Any = None
+    queue: str
+    reason: str = ""
+    max_attempts: int = 1
+    created_at: datetime
+    scheduled_for: datetime | None = None
+    sleep_threshold: float = 5.0  # seconds; longer sleeps free the job's slot
+    step_heartbeat_timeout: float | None = 30.0  # seconds; how soon a lost worker is noticed
+
+
+class ErrorState(BaseModel):
+    type: str
+    message: str
+    traceback: str | None = None
+
+    @classmethod
+    def of(cls, error: JobError) -> ErrorState:
+        return cls(
+            type=_head(error.type, 200) or "",
+            message=_head(error.message, _MESSAGE_LIMIT) or "",
+            traceback=_tail(error.traceback, _TRACEBACK_LIMIT),
+        )
+
+
+class ProgressState(BaseModel):
+    fraction: float
+    message: str | None = None
+
+    @classmethod
+    def of(cls, progress: Progress) -> ProgressState:
+        return cls(fraction=progress.fraction, message=_head(progress.message, _MESSAGE_LIMIT))
+
+
+class JobState(BaseModel):
+    """The memo of a job's workflow: what `JobInfo` needs beyond the workflow's own status,
+    close time and result."""
+
+    job_name: str
+    queue: str
+    reason: str = ""
+    status: JobStatus
+    attempts: int = 0
+    max_attempts: int = 1
+    created_at: datetime | None = None
+    scheduled_for: datetime | None = None
+    started_at: datetime | None = None
+    error: ErrorState | None = None
+    progress: ProgressState | None = None
+
+    @classmethod
+    def initial(cls, job: JobInput) -> JobState:
+        return cls(
+            job_name=job.job_name,
+            queue=job.queue,
+            reason=job.reason,
+            status=JobStatus.QUEUED if job.scheduled_for is None else JobStatus.SCHEDULED,
+            max_attempts=job.max_attempts,
+            created_at=job.created_at,
+            scheduled_for=job.scheduled_for,
+        )
+
+    def memo(self) -> dict[str, Any]:
+        return {MEMO_KEY: self.model_dump(mode="json", exclude_none=True)}
+
+    def info(self, job_id: str, engine: str, **overrides: Any) -> JobInfo:
+        fields: dict[str, Any] = {
+            "job_id": job_id,
+            "job_name": self.job_name,
+            "queue": self.queue,
+            "status": self.status,
+            "engine": engine,
+            "reason": self.reason,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "error": None if self.error is None else JobError(**self.error.model_dump()),
+            "progress": None
+            if self.progress is None
+            else Progress(self.progress.fraction, self.progress.message),
+            "created_at": self.created_at,
+            "scheduled_for": self.scheduled_for,
+            "started_at": self.started_at,
+        }
+        fields.update(overrides)
+        return JobInfo(**fields)

@@ -1,0 +1,250 @@
+"""Temporal workers for jobkit queues: `run_worker` (the `jobkit worker --engine temporal`
+process), `serve` (the same, inside a running event loop) and `BackgroundWorker`.
+
+Each queue spec becomes one task queue, `<prefix><queue>`, served by one temporalio
+`Worker` with the queue's concurrency: at most that many of its jobs run at once on this
+worker (see `_slots`), and at most that many steps.
+
+Job modules are imported once, before the workers start, outside the workflow sandbox;
+the sandbox passes them and jobkit's packages through, so the registry a workflow reads
+is the one they filled and job modules may import any library. `open()` is allowed as on
+every other engine; the rest of the sandbox's checks apply to code outside steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+from jobkit.queues import QueueRegistry, default_queues
+from jobkit.settings import JobkitSettings
+from jobkit_dispatch.engines.temporal._model import SLOT_SIGNAL
+from jobkit_dispatch.engines.temporal._slots import SlotPool, register_pool, unregister_pool
+from jobkit_dispatch.engines.temporal.activities import SlotActivities, run_step
+from jobkit_dispatch.engines.temporal.workflow import JobWorkflow
+from jobkit_engine import default_registry, import_job_modules
+
+if TYPE_CHECKING:
+    from jobkit_dispatch.engines.temporal.engine import TemporalEngine
+
+log = logging.getLogger("jobkit.temporal.worker")
+
+JOBKIT_PACKAGES = ("jobkit", "jobkit_engine", "jobkit_dispatch")
+
+#: How long a stopping worker lets running steps finish before it cancels them.
+GRACEFUL_SHUTDOWN = timedelta(seconds=30)
+
+
+def sandbox_restrictions(modules: Sequence[str] = ()) -> SandboxRestrictions:
+    """Temporal's default restrictions, with jobkit, the job `modules` and the modules of
+    every registered job passed through, and `open()` allowed."""
+    job_modules = sorted({definition.handler.__module__ for definition in default_registry})
+    restrictions = SandboxRestrictions.default.with_passthrough_modules(
+        *JOBKIT_PACKAGES, *modules, *job_modules
+    )
+    members = restrictions.invalid_module_members.with_child_unrestricted("__builtins__", "open")
+    return dataclasses.replace(restrictions, invalid_module_members=members)
+
+
+async def serve(
+    client: Client,
+    queues: Sequence[str],
+    *,
+    stop: asyncio.Event,
+    task_queue_prefix: str = "jobkit-",
+    concurrency: int | None = None,
+    modules: Sequence[str] = (),
+    queue_registry: QueueRegistry = default_queues,
+    on_started: Callable[[], None] | None = None,
+    **worker_options: Any,
+) -> None:
+    """Serve `queues` until `stop` is set, then shut down gracefully.
+
+    `worker_options` go to every temporalio `Worker` (e.g. `max_cached_workflows`).
+    """
+    loop = asyncio.get_running_loop()
+    runner = SandboxedWorkflowRunner(restrictions=sandbox_restrictions(modules))
+    workers: list[Worker] = []
+    pools: list[SlotPool] = []
+
+    async def nudge(job_id: str) -> None:
+        await client.get_workflow_handle(job_id).signal(SLOT_SIGNAL)
+
+    try:
+        for name in queues:
+            spec = queue_registry.get(name)
+            size = concurrency or spec.concurrency
+            pool = register_pool(SlotPool(size, nudge, loop))
+            pools.append(pool)
+            options: dict[str, Any] = {
+                "max_concurrent_activities": size,
+                "graceful_shutdown_timeout": GRACEFUL_SHUTDOWN,
+                **worker_options,
+            }
+            workers.append(
+                Worker(
+                    client,
+                    task_queue=f"{task_queue_prefix}{spec.name}",
+                    workflows=[JobWorkflow],
+                    activities=[run_step, SlotActivities(pool).acquire_slot],
+                    workflow_runner=runner,
+                    **options,
+                )
+            )
+        await _run_until(workers, stop, on_started)
+    finally:
+        for pool in pools:
+            unregister_pool(pool)
+
+
+async def _run_until(
+    workers: list[Worker], stop: asyncio.Event, on_started: Callable[[], None] | None
+) -> None:
+    runs = [asyncio.create_task(worker.run()) for worker in workers]
+    stopped = asyncio.create_task(stop.wait())
+    if on_started is not None:
+        on_started()
+    try:
+        done, _ = await asyncio.wait([*runs, stopped], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
+        outcomes = await asyncio.gather(*runs, return_exceptions=True)
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    if stopped not in done and failures:  # a worker ended on its own: that is a failure
+        raise failures[0]
+
+
+def run_worker(
+    queues: list[str],
+    modules: list[str],
+    settings: JobkitSettings,
+    concurrency: int | None = None,
+    **worker_options: Any,
+) -> None:
+    """Run a Temporal worker for `queues` until SIGTERM or SIGINT.
+
+    The first signal stops polling and lets running steps finish (up to
+    `GRACEFUL_SHUTDOWN`); a second one exits at once (Temporal retries the steps that were
+    cut off on another worker, after their heartbeat timeout).
+    """
+    import_job_modules(modules)
+    asyncio.run(_main(queues, modules, settings, concurrency, worker_options))
+    # temporalio's core runtime finishes tearing down in the background; an interpreter
+    # that exits at that very moment can crash, so give it a moment.
+    time.sleep(0.5)
+
+
+async def _main(
+    queues: list[str],
+    modules: list[str],
+    settings: JobkitSettings,
+    concurrency: int | None,
+    worker_options: dict[str, Any],
+) -> None:
+    client = await Client.connect(
+        settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        data_converter=pydantic_data_converter,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = [0]
+
+    def on_signal(signum: int) -> None:
+        signals[0] += 1
+        if signals[0] > 1:
+            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            os._exit(128 + signum)
+        log.info("%s: finishing running steps, then stopping", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    log.info("serving %s on Temporal at %s", ", ".join(queues), settings.temporal_address)
+    await serve(
+        client,
+        queues,
+        stop=stop,
+        task_queue_prefix=settings.temporal_task_queue_prefix,
+        concurrency=concurrency,
+        modules=modules,
+        **worker_options,
+    )
+
+
+class BackgroundWorker:
+    """`serve` on a `TemporalEngine`'s own loop and connection, for tests and `jobkit dev`.
+
+    Sharing the engine's client lets a dispatch from this process start the job on this
+    worker directly (eager start), without a round trip through the task queue.
+    """
+
+    def __init__(
+        self,
+        engine: TemporalEngine,
+        queues: Sequence[str],
+        *,
+        concurrency: int | None = None,
+        **worker_options: Any,
+    ) -> None:
+        self.engine = engine
+        self.queues = list(queues)
+        self._concurrency = concurrency
+        self._options = worker_options
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._future: concurrent.futures.Future[None] | None = None
+
+    def start(self, timeout: float = 10.0) -> BackgroundWorker:
+        self._future = self.engine._loop.submit(self._serve())
+        deadline = time.monotonic() + timeout
+        while not self._started.wait(0.01):
+            if self._future.done():
+                self._future.result()  # raises why it could not start
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the worker for {self.queues} did not start in {timeout}s")
+        return self
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        await serve(
+            await self.engine.client(),
+            self.queues,
+            stop=self._stop,
+            task_queue_prefix=self.engine.task_queue_prefix,
+            concurrency=self._concurrency,
+            on_started=self._started.set,
+            **self._options,
+        )
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop polling, let running steps finish, and wait for the workers to end."""
+        future, stop = self._future, self._stop
+        if future is None or stop is None:
+            return
+        self.engine._loop.loop.call_soon_threadsafe(stop.set)
+        future.result(timeout)
+        self._future = None
+        if self in self.engine._workers:
+            self.engine._workers.remove(self)
+
+    def __enter__(self) -> BackgroundWorker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -1,0 +1,352 @@
+"""The one workflow that runs every job: `JobWorkflow`.
+
+It is the thin processor of the other engines, inside Temporal: it resolves the job by
+name in the registry and runs one attempt through `execute_job`, with a `JobContext`
+whose steps are activities and whose sleeps are durable timers. The attempt loop is the
+workflow's own: a retryable failure waits the job's backoff on a timer and runs the
+handler again with `ctx.attempt + 1`; steps that completed are answered from the results
+the workflow keeps, so they are not run again (Temporal replays them from history after a
+worker restart). The job's state goes to the workflow memo at every change.
+
+Code outside steps runs as workflow code: it must be deterministic (see the docs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
+
+from jobkit.errors import StepError
+from jobkit.queues import default_queues
+from jobkit_dispatch.engines.temporal._model import (
+    ACQUIRE_SLOT,
+    SLOT_SIGNAL,
+    WORKFLOW_NAME,
+    ErrorState,
+    JobInput,
+    JobState,
+    ProgressState,
+)
+from jobkit_dispatch.engines.temporal._slots import pool_for
+from jobkit_dispatch.engines.temporal._steps import from_activity_error, step_ref
+from jobkit_engine import (
+    DictStepMemo,
+    JobContext,
+    JobDefinition,
+    JobStatus,
+    MemoSteps,
+    Progress,
+    default_registry,
+)
+from jobkit_engine._codec import from_json_for, to_json
+from jobkit_engine._context import _WAKE_AT, MISSING
+from jobkit_engine._execution import (
+    Failed,
+    Outcome,
+    Succeeded,
+    attempt_deadline,
+    attempt_timeout,
+    execute_job,
+)
+
+ENGINE = "temporal"
+
+# Temporal retries a step only when its worker is lost or it times out; a step's own
+# exception is final for the attempt (the activity raises it as non-retryable).
+STEP_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=0,
+)
+SLOT_RECHECK = timedelta(seconds=30)  # a queued job asks again, in case its worker died
+_LEASE_MARGIN = 60.0  # seconds a slot may outlive the attempt's timeout
+
+
+class _WorkflowClock:
+    """Workflow time: deterministic, and skipped by Temporal's time-skipping test server."""
+
+    def now(self) -> datetime:
+        return workflow.now()
+
+    async def sleep_until(self, when: datetime) -> None:
+        remaining = when - workflow.now()
+        if remaining > timedelta(0):
+            await workflow.sleep(remaining)
+
+
+class _WorkflowSteps(MemoSteps):
+    """`ctx.step` in a workflow: steps are activities, sleeps durable timers.
+
+    Step results live in the workflow (`JobWorkflow._results`), shared by all attempts.
+    """
+
+    def __init__(self, job: JobWorkflow, definition: JobDefinition[Any, Any]) -> None:
+        super().__init__(DictStepMemo(job._results), _WorkflowClock(), job._sleep_threshold)
+        self._job = job
+        self._timeout = attempt_timeout(definition, default_queues)
+
+    async def run(self, step_id: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        self._claim(step_id)
+        stored = self._memo.get(step_id)
+        if stored is MISSING:
+            stored = await self._execute(step_id, fn, args, kwargs)
+            await self._memo.save(step_id, stored)
+        return from_json_for(fn, stored)
+
+    async def _execute(
+        self, step_id: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        ref = step_ref(step_id, fn)
+        try:
+            call = to_json({"args": list(args), "kwargs": kwargs})
+        except TypeError as exc:
+            raise StepError(
+                f"step {step_id!r}: the arguments of {ref} are not JSON: {exc}"
+            ) from None
+        try:
+            return await workflow.execute_activity(
+                ref,
+                call,
+                activity_id=step_id,
+                summary=step_id,
+                start_to_close_timeout=self._budget(),
+                heartbeat_timeout=self._job._heartbeat_timeout,
+                retry_policy=STEP_RETRY,
+            )
+        except ActivityError as exc:
+            failure = from_activity_error(step_id, exc)
+            raise failure from failure.__cause__
+
+    def _budget(self) -> timedelta:
+        """What is left of the attempt's timeout: a step never outlives its attempt."""
+        deadline = attempt_deadline()
+        when = None if deadline is None else deadline.when()
+        if when is None:
+            return self._timeout
+        left = when - asyncio.get_running_loop().time()
+        return max(timedelta(seconds=left), timedelta(seconds=1))
+
+    async def _sleep(self, step_id: str, first_wake_at: Callable[[], datetime]) -> None:
+        # As on other engines, the wake time is fixed when the sleep is first reached, so
+        # a later attempt does not sleep again.
+        self._claim(step_id)
+        stored = self._memo.get(step_id)
+        if isinstance(stored, dict) and _WAKE_AT in stored:
+            wake_at = datetime.fromisoformat(stored[_WAKE_AT])
+        else:
+            wake_at = first_wake_at()
+            await self._memo.save(step_id, {_WAKE_AT: wake_at.isoformat()})
+        remaining = wake_at - workflow.now()
+        if remaining <= timedelta(0):
+            return
+        if remaining < self._threshold:
+            await workflow.sleep(remaining, summary=step_id)
+            return
+        await self._job.sleep_durably(step_id, wake_at, remaining)
+
+
+@workflow.defn(name=WORKFLOW_NAME)
+class JobWorkflow:
+    """Runs one job: its attempts, steps, sleeps and status, from enqueue to a final state."""
+
+    @workflow.init
+    def __init__(self, job: JobInput) -> None:
+        self._state = JobState.initial(job)
+        self._sleep_threshold = timedelta(seconds=job.sleep_threshold)
+        self._heartbeat_timeout = (
+            None
+            if job.step_heartbeat_timeout is None
+            else timedelta(seconds=job.step_heartbeat_timeout)
+        )
+        self._results: dict[str, Any] = {}
+        self._dirty = False
+        self._lease = 0.0  # seconds a slot is held at most: the attempt's timeout
+        self._slot: str | None = None
+        self._pool: str | None = None  # the key of the pool the last slot came from
+        self._slots_taken = 0
+        self._slot_freed = False
+
+    @workflow.signal(name=SLOT_SIGNAL)
+    def slot_free(self) -> None:
+        self._slot_freed = True
+
+    @workflow.run
+    async def run(self, job: JobInput) -> Any:
+        try:
+            return await self._run(job)
+        except BaseException as exc:
+            if is_cancelled_exception(exc):  # also a slot's local activity, cancelled
+                self._release_slot()
+                self._forget_slot()
+                raise
+            if isinstance(exc, ApplicationError | workflow.NondeterminismError) or not isinstance(
+                exc, Exception
+            ):
+                raise
+            # A fault of this workflow (not of the handler, which execute_job contains):
+            # fail the job instead of leaving a workflow task to retry forever.
+            raise ApplicationError(
+                f"{type(exc).__name__}: {exc}", type=type(exc).__name__, non_retryable=True
+            ) from exc
+
+    async def _run(self, job: JobInput) -> Any:
+        definition = (
+            default_registry.get(job.job_name) if job.job_name in default_registry else None
+        )
+        if definition is not None:
+            self._lease = attempt_timeout(definition, default_queues).total_seconds()
+        attempt = 0
+        while True:
+            attempt += 1
+            if definition is not None:  # an unknown job fails at once, without a slot
+                await self._acquire_slot()
+            self._set(
+                status=JobStatus.RUNNING,
+                attempts=attempt,
+                started_at=workflow.now(),
+                scheduled_for=None,
+            )
+            try:
+                outcome = await execute_job(
+                    job.job_name, job.payload, attempt, self._context_factory(attempt)
+                )
+            finally:
+                self._release_slot()
+            if workflow.cancellation_reason() is not None:
+                raise asyncio.CancelledError()  # the handler swallowed it; the job is cancelled
+            if isinstance(outcome, Succeeded):
+                # get_job reads success, its time and the result from the closed workflow:
+                # the memo changes only if something else did in this activation.
+                self._flush()
+                return outcome.result
+            await self._after_failure(outcome)
+
+    async def _after_failure(self, outcome: Outcome) -> None:
+        """Fail the job for good, or wait out the backoff before the next attempt."""
+        if not isinstance(outcome, Failed):  # Suspended: these steps never suspend
+            raise RuntimeError(f"unexpected outcome {outcome!r}")
+        error = ErrorState.of(outcome.error)
+        if outcome.retry_in is None:
+            self._set(status=JobStatus.FAILED, error=error)
+            self._flush()
+            raise ApplicationError(outcome.error.message, type=error.type, non_retryable=True)
+        workflow.logger.info(
+            "job %s attempt %d failed (%s); retry in %s",
+            workflow.info().workflow_id,
+            self._state.attempts,
+            error.type,
+            outcome.retry_in,
+        )
+        self._set(
+            status=JobStatus.SCHEDULED, error=error, scheduled_for=workflow.now() + outcome.retry_in
+        )
+        if outcome.retry_in > timedelta(0):
+            await workflow.sleep(outcome.retry_in, summary="retry backoff")
+
+    def _context_factory(self, attempt: int) -> Callable[[JobDefinition[Any, Any]], JobContext]:
+        def make_context(definition: JobDefinition[Any, Any]) -> JobContext:
+            return JobContext(
+                job_id=workflow.info().workflow_id,
+                job_name=definition.name,
+                attempt=attempt,
+                engine=ENGINE,
+                step=_WorkflowSteps(self, definition),
+                progress_sink=self._set_progress,
+            )
+
+        return make_context
+
+    async def sleep_durably(self, step_id: str, wake_at: datetime, remaining: timedelta) -> None:
+        """A long sleep: give the slot back, wait on a timer, take a slot again.
+
+        The time asleep does not count against the attempt's timeout, as on engines where a
+        long sleep ends the execution.
+        """
+        deadline = attempt_deadline()
+        when = None if deadline is None else deadline.when()
+        loop = asyncio.get_running_loop()
+        left = None if when is None else when - loop.time()
+        if deadline is not None:
+            deadline.reschedule(None)
+        self._release_slot()
+        self._set(status=JobStatus.SLEEPING, scheduled_for=wake_at)
+        await workflow.sleep(remaining, summary=step_id)
+        await self._acquire_slot()
+        self._set(status=JobStatus.RUNNING, scheduled_for=None, started_at=workflow.now())
+        if deadline is not None and left is not None:
+            deadline.reschedule(loop.time() + left)
+
+    # -- slots ----------------------------------------------------------------------------
+
+    async def _acquire_slot(self) -> None:
+        """Wait for a slot of the job's queue on this worker (see `_slots`)."""
+        self._slots_taken += 1
+        info = workflow.info()
+        token = f"{info.workflow_id}/{info.run_id}/{self._slots_taken}"
+        while True:
+            self._slot_freed = False
+            try:
+                grant = await workflow.execute_local_activity(
+                    ACQUIRE_SLOT,
+                    args=[info.workflow_id, token, self._lease + _LEASE_MARGIN],
+                    start_to_close_timeout=timedelta(seconds=10),
+                )
+            except ActivityError as exc:
+                if is_cancelled_exception(exc):  # cancelled while asking: as at any await
+                    raise asyncio.CancelledError() from exc
+                raise
+            self._pool = grant["pool"]
+            if grant["acquired"]:
+                self._slot = token
+                return
+            if self._state.status != JobStatus.QUEUED:
+                self._set(status=JobStatus.QUEUED)
+            try:
+                await workflow.wait_condition(
+                    lambda: self._slot_freed, timeout=SLOT_RECHECK, timeout_summary="slot recheck"
+                )
+            except TimeoutError:
+                continue
+
+    # A slot lives in this worker process, outside history: only live execution touches it.
+    # A replay passes points the original run already passed, and an eviction (which runs
+    # as a replay) must not free a slot that the job, resumed here, still holds.
+
+    def _release_slot(self) -> None:
+        token, self._slot = self._slot, None
+        pool = pool_for(self._pool)
+        if token is not None and pool is not None and not workflow.unsafe.is_replaying():
+            pool.release(token)
+
+    def _forget_slot(self) -> None:
+        pool = pool_for(self._pool)
+        if pool is not None and not workflow.unsafe.is_replaying():
+            pool.forget(workflow.info().workflow_id)
+
+    # -- state ----------------------------------------------------------------------------
+
+    def _set(self, **changes: Any) -> None:
+        for name, value in changes.items():
+            setattr(self._state, name, value)
+        self._mark_dirty()
+
+    def _set_progress(self, progress: Progress) -> None:
+        self._set(progress=ProgressState.of(progress))
+
+    def _mark_dirty(self) -> None:
+        # One memo update per workflow activation, however often the state changes in it.
+        if not self._dirty:
+            self._dirty = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        if self._dirty:
+            self._dirty = False
+            workflow.upsert_memo(self._state.memo())
