@@ -27,8 +27,8 @@ def record(workdir: str, name: str) -> str:
 
 async def _two_steps(ctx: JobContext, payload: Work) -> list[str]:
     first = await ctx.step.run("first", record, payload.workdir, "first")
-    tally(payload.workdir, f"waiting-{ctx.attempt}")
-    if not await wait_for_gate(payload.workdir, payload.gate):
+    await ctx.step.run(f"waiting-{ctx.attempt}", tally, payload.workdir, f"waiting-{ctx.attempt}")
+    if not await ctx.step.run(f"gate-{ctx.attempt}", wait_for_gate, payload.workdir, payload.gate):
         raise TimeoutError("gate never opened")
     second = await ctx.step.run("second", record, payload.workdir, "second")
     return [first, second]
@@ -51,5 +51,5 @@ async def nap(ctx: JobContext, payload: Nap) -> None:
 
 @job("rqtest.ok", queue="rq-messages", retry=1)
 async def ok(ctx: JobContext, payload: Work) -> str:
-    tally(payload.workdir, "ok")
+    await ctx.step.run("tally", tally, payload.workdir, "ok")
     return "ok"

@@ -140,7 +140,7 @@ async def step_errors(ctx: JobContext, payload: Work) -> None:
     try:
         await ctx.step.run("connect", connect, payload.workdir)
     except ConnectionError:  # the step's own exception class reaches the handler
-        tally(payload.workdir, "caught")
+        await ctx.step.run("caught", tally, payload.workdir, "caught")
     await ctx.step.run("refuse", refuse, payload.workdir)
 
 

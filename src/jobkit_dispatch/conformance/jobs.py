@@ -1,7 +1,8 @@
 """The jobs the conformance suite dispatches. A worker under test must import this module.
 
 They run on the `conformance` queue, whose concurrency of 1 lets the suite tell a job that
-holds the worker from one that freed it.
+holds the worker from one that freed it. Like any job, they touch the outside world (the
+files the suite watches) only inside steps: code outside steps must be deterministic.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class EchoResult(BaseModel):
 @job("conformance.echo", queue=QUEUE, retry=1)
 async def echo(ctx: JobContext, payload: Echo) -> EchoResult:
     if payload.workdir:
-        tally(payload.workdir, "echo")
+        await ctx.step.run("tally", tally, payload.workdir, "echo")
     return EchoResult(text=payload.text * payload.times, job_id=ctx.job_id, engine=ctx.engine)
 
 
@@ -77,7 +78,7 @@ class Flaky(BaseModel):
 
 @job("conformance.flaky", queue=QUEUE, retry=FLAKY_RETRY)
 async def flaky(ctx: JobContext, payload: Flaky) -> int:
-    tally(payload.workdir, "flaky")
+    await ctx.step.run(f"tally-{ctx.attempt}", tally, payload.workdir, "flaky")
     if ctx.attempt <= payload.failures:
         raise ConnectionError(f"attempt {ctx.attempt} fails")
     return ctx.attempt
@@ -93,7 +94,7 @@ class Workdir(BaseModel):
 
 @job("conformance.fatal", queue=QUEUE, retry=Retry(attempts=5, initial_delay=0.0))
 async def fatal(ctx: JobContext, payload: Workdir) -> None:
-    tally(payload.workdir, "fatal")
+    await ctx.step.run("tally", tally, payload.workdir, "fatal")
     raise Rejected("this input can never work")
 
 
@@ -106,19 +107,19 @@ class Gated(BaseModel):
 
 @job("conformance.gated", queue=QUEUE, retry=1)
 async def gated(ctx: JobContext, payload: Gated) -> str:
-    tally(payload.workdir, f"started-{payload.gate}")
+    await ctx.step.run("started", tally, payload.workdir, f"started-{payload.gate}")
     if payload.progress is not None:
         ctx.report_progress(payload.progress, payload.message)
-    if not await wait_for_gate(payload.workdir, payload.gate):
+    if not await ctx.step.run("gate", wait_for_gate, payload.workdir, payload.gate):
         raise TimeoutError(f"gate {payload.gate} never opened")
-    tally(payload.workdir, f"finished-{payload.gate}")
+    await ctx.step.run("finished", tally, payload.workdir, f"finished-{payload.gate}")
     return payload.gate
 
 
 @job("conformance.slow", queue=QUEUE, retry=1, timeout=timedelta(seconds=0.5))
 async def slow(ctx: JobContext, payload: Gated) -> str:
-    await wait_for_gate(payload.workdir, payload.gate)
-    tally(payload.workdir, "slow-finished")
+    await ctx.step.run("gate", wait_for_gate, payload.workdir, payload.gate)
+    await ctx.step.run("finished", tally, payload.workdir, "slow-finished")
     return "too late"
 
 

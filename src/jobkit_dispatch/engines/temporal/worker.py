@@ -7,15 +7,14 @@ worker (see `_slots`), and at most that many steps.
 
 Job modules are imported once, before the workers start, outside the workflow sandbox;
 the sandbox passes them and jobkit's packages through, so the registry a workflow reads
-is the one they filled and job modules may import any library. `open()` is allowed as on
-every other engine; the rest of the sandbox's checks apply to code outside steps.
+is the one they filled and job modules may import any library. The sandbox's checks
+(no `open()`, no wall clock, no randomness) apply to code outside steps.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import logging
 import os
 import signal
@@ -51,13 +50,12 @@ GRACEFUL_SHUTDOWN = timedelta(seconds=30)
 
 def sandbox_restrictions(modules: Sequence[str] = ()) -> SandboxRestrictions:
     """Temporal's default restrictions, with jobkit, the job `modules` and the modules of
-    every registered job passed through, and `open()` allowed."""
+    every registered job passed through."""
     job_modules = sorted({definition.handler.__module__ for definition in default_registry})
     restrictions = SandboxRestrictions.default.with_passthrough_modules(
         *JOBKIT_PACKAGES, *modules, *job_modules
     )
-    members = restrictions.invalid_module_members.with_child_unrestricted("__builtins__", "open")
-    return dataclasses.replace(restrictions, invalid_module_members=members)
+    return restrictions
 
 
 async def serve(
