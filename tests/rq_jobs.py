@@ -49,6 +49,17 @@ async def nap(ctx: JobContext, payload: Nap) -> None:
     await asyncio.sleep(payload.seconds)
 
 
+class Count(BaseModel):
+    workdir: str
+    name: str
+
+
+@job("rqtest.count", queue="rq-messages", retry=3)
+async def count_once(ctx: JobContext, payload: Count) -> str:
+    await ctx.step.run("tally", tally, payload.workdir, payload.name)
+    return payload.name
+
+
 @job("rqtest.ok", queue="rq-messages", retry=1)
 async def ok(ctx: JobContext, payload: Work) -> str:
     await ctx.step.run("tally", tally, payload.workdir, "ok")
