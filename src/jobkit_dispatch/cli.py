@@ -1,4 +1,4 @@
-"""The `jobkit` command: inspect jobs and queues, run a job inline, run workers."""
+"""The `jobkit` command: inspect jobs and queues, run a job inline, run workers and cron."""
 
 from __future__ import annotations
 
@@ -161,6 +161,29 @@ def dev(demo: bool, queues: tuple[str, ...], modules: tuple[str, ...]) -> None:
 
     names = _load_jobs(modules)
     run_dev(queues, names, demo)
+
+
+@main.command("cron")
+@click.option(
+    "--grace",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds a fire time may be late and still count as on time (not missed).",
+)
+@_import_option
+def cron(grace: float, modules: tuple[str, ...]) -> None:
+    """Dispatch the schedules MODULEs define, each fire time once; run one or several."""
+    from datetime import timedelta
+
+    from jobkit.connection import get_redis
+    from jobkit_dispatch.cron import run_cron
+
+    _load_jobs(modules)
+    try:
+        run_cron(get_redis(), grace=timedelta(seconds=grace))
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 if __name__ == "__main__":  # pragma: no cover

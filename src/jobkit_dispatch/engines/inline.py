@@ -198,6 +198,8 @@ class InlineEngine(EngineBase):
         asyncio.run_coroutine_threadsafe(self._cancel_all(), loop).result(timeout=10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
+        if not thread.is_alive():
+            loop.close()  # else its self-pipe leaks and breaks when garbage-collected later
         self._loop = self._thread = None
 
     # -- time skipping (tests) -----------------------------------------------------------
