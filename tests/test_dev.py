@@ -25,3 +25,4 @@ def test_dev_demo_runs_on_rq_then_falls_back_to_temporal() -> None:
     assert redis_down.count(" succeeded ") == 2
     assert "demo succeeded" in out
     assert "stack stopped" in out
+    assert "[cron] " in out and "cron started with schedules: demo.every-10s" in out

