@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from jobkit_dispatch.engines.rq.keys import step_field_prefix
@@ -18,16 +19,29 @@ class RedisStepMemo:
     """Step results as fields of the job hash: they arrive with the job (no extra read)
     and each completed step costs one HSET."""
 
-    def __init__(self, redis: Redis, job_key: str, loaded: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        job_key: str,
+        loaded: dict[str, Any],
+        retrying: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]] | None = None,
+    ) -> None:
         self._redis = redis
         self._key = job_key
         self._data = loaded
+        self._retrying = retrying
 
     def get(self, step_id: str) -> Any:
         return self._data.get(step_id, MISSING)
 
     async def save(self, step_id: str, value: Any) -> None:
-        await self._redis.hset(self._key, step_field_prefix + step_id, json.dumps(value))
+        # A step that ran must not run again because Redis blinked: with `retrying` (the
+        # worker's ride-out-the-outage loop) the write waits for Redis instead of failing.
+        field, data = step_field_prefix + step_id, json.dumps(value)
+        if self._retrying is None:
+            await self._redis.hset(self._key, field, data)
+        else:
+            await self._retrying(lambda: self._redis.hset(self._key, field, data))
         self._data[step_id] = value
 
 

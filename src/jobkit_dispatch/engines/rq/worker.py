@@ -303,7 +303,7 @@ class RQWorker:
             log.error("%s", exc)
             await self._finish(job_id, Failed(JobError.from_exception(exc), None))
             return
-        memo = RedisStepMemo(self.redis, job_key, claimed.steps)
+        memo = RedisStepMemo(self.redis, job_key, claimed.steps, self._retrying)
         progress = ProgressWriter(self.redis, job_key)
 
         def make_context(definition: Any) -> JobContext:
