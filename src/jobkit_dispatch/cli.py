@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from dataclasses import asdict
 from typing import Any
@@ -32,6 +33,9 @@ _import_option = click.option(
 
 
 def _load_jobs(modules: tuple[str, ...]) -> list[str]:
+    # As `python -m` does: a job module next to where the command is run is importable.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     names = list(modules) or get_settings().job_modules
     try:
         import_job_modules(names)
@@ -107,7 +111,12 @@ def _jsonable(value: Any) -> Any:
 
 @main.command("worker")
 @click.option(
-    "--engine", type=click.Choice(sorted(WORKER_RUNTIMES)), default="rq", show_default=True
+    "--engine",
+    "engines",
+    type=click.Choice([*sorted(WORKER_RUNTIMES), "all"]),
+    multiple=True,
+    help="Engine to serve (repeatable; 'all' for every one); default: rq. With more "
+    "than one, each runs in a child process and all stop together.",
 )
 @click.option(
     "--queue",
@@ -126,9 +135,15 @@ def _jsonable(value: Any) -> Any:
 )
 @_import_option
 def worker(
-    engine: str, queues: tuple[str, ...], concurrency: int | None, modules: tuple[str, ...]
+    engines: tuple[str, ...],
+    queues: tuple[str, ...],
+    concurrency: int | None,
+    modules: tuple[str, ...],
 ) -> None:
-    """Run a worker for QUEUEs on ENGINE; only registered jobs are ever run."""
+    """Run a worker for QUEUEs on ENGINE; only registered jobs are ever run.
+
+    SIGTERM or Ctrl-C stops it gracefully: running jobs finish or are handed back.
+    """
     names = _load_jobs(modules)
     served = list(queues) or [spec.name for spec in default_queues]
     for name in served:
@@ -136,6 +151,10 @@ def worker(
             default_queues.get(name)
         except ConfigurationError as exc:
             raise click.BadParameter(str(exc), param_hint="--queue") from exc
+    chosen = sorted(WORKER_RUNTIMES) if "all" in engines else sorted(set(engines) or {"rq"})
+    if len(chosen) > 1:
+        sys.exit(_supervise_workers(chosen, served, concurrency, names))
+    engine = chosen[0]
     module_name, _, function = WORKER_RUNTIMES[engine].partition(":")
     try:
         runtime = getattr(importlib.import_module(module_name), function)
@@ -144,7 +163,19 @@ def worker(
     runtime(queues=served, modules=names, settings=get_settings(), concurrency=concurrency)
 
 
-@main.command("dev")
+def _supervise_workers(
+    engines: list[str], queues: list[str], concurrency: int | None, modules: list[str]
+) -> int:
+    from jobkit_dispatch._children import Child, supervise, worker_args
+
+    env = dict(os.environ)
+    children = [
+        Child(engine, worker_args(engine, queues, modules, concurrency), env) for engine in engines
+    ]
+    return supervise(children)
+
+
+@main.command("dev", context_settings={"ignore_unknown_options": True})
 @click.option("--demo", is_flag=True, help="Dispatch example jobs, stop Redis, show the fallback.")
 @click.option(
     "--queue",
@@ -155,12 +186,21 @@ def worker(
     help="Queue the workers serve (repeatable); default: every registered queue.",
 )
 @_import_option
-def dev(demo: bool, queues: tuple[str, ...], modules: tuple[str, ...]) -> None:
-    """Run Redis, the Temporal dev server and workers here; Ctrl-C stops them."""
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def dev(
+    demo: bool, queues: tuple[str, ...], modules: tuple[str, ...], command: tuple[str, ...]
+) -> None:
+    """Run Redis, the Temporal dev server and workers here; Ctrl-C stops them.
+
+    With `-- COMMAND`, run COMMAND once the workers are up, with the stack's
+    JOBKIT_* settings in its environment, then stop everything and exit with its status.
+    """
     from jobkit_dispatch.dev import run_dev
 
+    if demo and command:
+        raise click.UsageError("--demo and COMMAND do not go together")
     names = _load_jobs(modules)
-    run_dev(queues, names, demo)
+    sys.exit(run_dev(queues, names, demo, command))
 
 
 @main.command("cron")

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
+import shlex
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 
@@ -23,6 +22,7 @@ import click
 
 from jobkit.queues import default_queues
 from jobkit.settings import JobkitSettings
+from jobkit_dispatch._children import Child, worker_args
 from jobkit_dispatch._dispatch import Dispatched, Dispatcher, set_dispatcher
 from jobkit_dispatch.cron import default_schedules
 from jobkit_dispatch.engines import JobRequest
@@ -30,38 +30,13 @@ from jobkit_dispatch.testing.redis_server import RedisServer
 from jobkit_engine import JobInfo, import_job_modules
 
 DEMO_MODULE = "jobkit_dispatch.demo"
-
-
-class Child:
-    """A worker subprocess whose output is printed line by line with a prefix."""
-
-    def __init__(self, label: str, args: list[str], env: dict[str, str]) -> None:
-        self.label = label
-        self.process = subprocess.Popen(
-            args,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,  # Ctrl-C reaches `jobkit dev`, which stops us in order
-        )
-        self._reader = threading.Thread(target=self._relay, daemon=True)
-        self._reader.start()
-
-    def _relay(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            click.echo(f"[{self.label}] {line.rstrip()}")
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._reader.join(timeout=2)
+# What a process needs to use the stack: printed as `export` lines, passed to COMMAND.
+_SHARED_ENV = (
+    "JOBKIT_REDIS_URL",
+    "JOBKIT_TEMPORAL_ADDRESS",
+    "JOBKIT_WORKER_HEARTBEAT",
+    "JOBKIT_SLEEP_THRESHOLD",
+)
 
 
 @contextlib.contextmanager
@@ -87,24 +62,13 @@ def stack(
     workers: list[Child] = []
     try:
         for engine in ("rq", "temporal"):
-            args = [sys.executable, "-m", "jobkit_dispatch.cli", "worker", "--engine", engine]
-            for queue in queues:
-                args += ["--queue", queue]
-            for module in modules:
-                args += ["--import", module]
-            workers.append(Child(f"{engine}-worker", args, env))
+            workers.append(Child(f"{engine}-worker", worker_args(engine, queues, modules), env))
         if len(default_schedules):  # one cron process, when the job modules define schedules
             args = [sys.executable, "-m", "jobkit_dispatch.cli", "cron"]
             for module in modules:
                 args += ["--import", module]
             workers.append(Child("cron", args, env))
-        shared = (
-            "JOBKIT_REDIS_URL",
-            "JOBKIT_TEMPORAL_ADDRESS",
-            "JOBKIT_WORKER_HEARTBEAT",
-            "JOBKIT_SLEEP_THRESHOLD",
-        )
-        os.environ.update({k: env[k] for k in shared})
+        os.environ.update({k: env[k] for k in _SHARED_ENV})
         yield redis, env
     finally:
         for worker in workers:
@@ -114,20 +78,40 @@ def stack(
         click.echo("stack stopped")
 
 
-def run_dev(queues: Sequence[str], modules: Sequence[str], demo: bool) -> None:
+def run_dev(
+    queues: Sequence[str], modules: Sequence[str], demo: bool, command: Sequence[str] = ()
+) -> int:
+    """Bring the stack up, then run the demo, or COMMAND, or wait for Ctrl-C.
+
+    Returns the exit status: the demo's, COMMAND's, or 0 after Ctrl-C.
+    """
     modules = [*modules, DEMO_MODULE] if demo else list(modules)
     import_job_modules(modules)  # here too: the stack runs cron only if schedules exist
     queues = list(queues) or [spec.name for spec in default_queues]
-    with stack(queues, modules) as (redis, _env):
+    with stack(queues, modules) as (redis, env):
         if demo:
-            ok = run_demo(redis)
-            if not ok:
-                raise SystemExit(1)
-            return
+            return 0 if run_demo(redis) else 1
+        for name in _SHARED_ENV:
+            click.echo(f"export {name}={env[name]}")
+        probe = Dispatcher(settings=JobkitSettings())
+        _wait_for_rq_worker(probe, queues[0])
+        probe.close()
+        if command:
+            # The command gets the stack's settings, and a worker that is already up.
+            click.echo(f"running: {shlex.join(command)}")
+            try:
+                child = subprocess.Popen(list(command), env=env)
+            except OSError as exc:
+                raise click.ClickException(f"cannot run {command[0]}: {exc}") from exc
+            try:
+                return child.wait()
+            except KeyboardInterrupt:  # Ctrl-C reached COMMAND too: let it finish stopping
+                return child.wait()
         click.echo("stack is up; Ctrl-C stops it")
         with contextlib.suppress(KeyboardInterrupt):
             while True:
                 time.sleep(3600)
+        return 0
 
 
 def run_demo(redis: RedisServer) -> bool:
@@ -136,7 +120,7 @@ def run_demo(redis: RedisServer) -> bool:
 
     dispatcher = Dispatcher(settings=JobkitSettings())
     set_dispatcher(dispatcher)
-    _wait_for_rq_worker(dispatcher)
+    _wait_for_rq_worker(dispatcher, "default")
     click.echo("\n== Redis up: jobs go to RQ ==")
     first = [
         dispatcher.dispatch(welcome, {"user_id": 1, "email": "ada@example.com"}),
@@ -156,8 +140,8 @@ def run_demo(redis: RedisServer) -> bool:
     return ok
 
 
-def _wait_for_rq_worker(dispatcher: Dispatcher, timeout: float = 30.0) -> None:
-    probe = JobRequest("probe", "demo.welcome", None, "default")
+def _wait_for_rq_worker(dispatcher: Dispatcher, queue: str, timeout: float = 60.0) -> None:
+    probe = JobRequest("probe", "probe", None, queue)
     deadline = time.monotonic() + timeout
     while dispatcher.engine("rq").availability(probe) is not None:
         if time.monotonic() > deadline:

@@ -141,6 +141,10 @@ def run_worker(
     cut off on another worker, after their heartbeat timeout).
     """
     import_job_modules(modules)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        )
     asyncio.run(_main(queues, modules, settings, concurrency, worker_options))
     # temporalio's core runtime finishes tearing down in the background; an interpreter
     # that exits at that very moment can crash, so give it a moment.
