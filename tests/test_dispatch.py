@@ -79,6 +79,8 @@ def test_a_third_party_engine_is_named_by_import_path() -> None:
     try:
         d = dispatcher.dispatch(greet, {"name": "ada"})
         assert (d.engine, d.reason) == ("up", f"JOBKIT_ENGINE={__name__}:UpEngine")
+        # Its jobs say engine "up": that name finds the engine loaded by import path.
+        assert dispatcher.engine("up") is dispatcher.engine(f"{__name__}:UpEngine")
     finally:
         dispatcher.close()
 

@@ -145,6 +145,7 @@ def test_sigterm_stops_every_engine_worker_gracefully(
     out = output.text
     assert "[rq] " in out and "[temporal] " in out
     assert "stopped" in out
+    assert "aborting" not in out  # one SIGTERM reached each worker: finish, not abort
     assert not [pid for pid in children if _alive(pid)]
 
 

@@ -40,6 +40,7 @@ class Child:
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
+        self._terminated = False
         self._reader = threading.Thread(target=self._relay, daemon=True)
         self._reader.start()
 
@@ -49,7 +50,9 @@ class Child:
             click.echo(f"[{self.label}] {line.rstrip()}")
 
     def terminate(self) -> None:
-        if self.process.poll() is None:
+        """SIGTERM, once: a worker takes a second SIGTERM as "abort the running jobs"."""
+        if not self._terminated and self.process.poll() is None:
+            self._terminated = True
             self.process.send_signal(signal.SIGTERM)
 
     def stop(self, timeout: float | None = 20.0) -> int:

@@ -92,7 +92,11 @@ class Dispatcher:
         if self._forced is not None and name == self._forced.name:
             return self._forced
         with self._lock:
-            engine = self._engines.get(name)
+            # A third-party engine is loaded as 'module:Class' but records jobs under its
+            # own `name`: find it by either.
+            engine = self._engines.get(name) or next(
+                (e for e in self._engines.values() if e.name == name), None
+            )
             if engine is None:
                 engine = self._engines[name] = load_engine(name, self.settings)
             return engine

@@ -25,29 +25,30 @@ MAIL_RETRY = Retry(attempts=5, backoff=2.0, initial_delay=timedelta(seconds=1))
 
 @job("emails.welcome", queue="default", retry=MAIL_RETRY, timeout=timedelta(minutes=1))
 async def send_welcome(ctx: JobContext, payload: Signup) -> Sent:
-    user = await ctx.step.run("load-user", store.load_user, payload.user_id)
-    message_id = await ctx.step.run(
-        "send",
-        mail.send_email,
-        user.email,
-        f"Welcome, {user.name}!",
-        "Thanks for signing up.",
-        idempotency_key=f"{ctx.job_id}:welcome",
+    return await _send(
+        ctx, payload.user_id, "welcome", "Welcome, {name}!", "Thanks for signing up."
     )
-    await ctx.step.run("record", store.record_message, user.id, "welcome", message_id)
-    return Sent(to=user.email, message_id=message_id)
 
 
 @job("emails.followup", queue="scheduled", retry=MAIL_RETRY, timeout=timedelta(minutes=1))
 async def send_followup(ctx: JobContext, payload: Signup) -> Sent:
-    user = await ctx.step.run("load-user", store.load_user, payload.user_id)
+    return await _send(
+        ctx, payload.user_id, "followup", "Getting started", "Three things to try this week."
+    )
+
+
+async def _send(ctx: JobContext, user_id: int, kind: str, subject: str, text: str) -> Sent:
+    """Load the user, send, record: three steps, so a retry after a 503 neither reloads
+    the user nor, once the send went through, sends twice. The idempotency key covers the
+    last gap: a send that reached the provider but whose answer was lost."""
+    user = await ctx.step.run("load-user", store.load_user, user_id)
     message_id = await ctx.step.run(
         "send",
         mail.send_email,
         user.email,
-        "Getting started",
-        "Three things to try this week.",
-        idempotency_key=f"{ctx.job_id}:followup",
+        subject.format(name=user.name),
+        text,
+        idempotency_key=f"{ctx.job_id}:{kind}",
     )
-    await ctx.step.run("record", store.record_message, user.id, "followup", message_id)
+    await ctx.step.run("record", store.record_message, user.id, kind, message_id)
     return Sent(to=user.email, message_id=message_id)
