@@ -229,3 +229,35 @@ def test_example_app_runs_on_rq_then_on_temporal_with_redis_stopped(example: Exa
     for queue in ("default", "data_sync", "scheduled"):
         assert example.stop(queue) == 0, example.log(queue)
         assert "giving up on Redis" not in example.log(queue)
+
+
+def test_the_demo_runs_the_app_on_rq_then_on_temporal(tmp_path: Path) -> None:
+    """`./dev demo` runs this command."""
+    command = Path(ROOT / "dev").read_text()
+    assert 'dev --import examples.app.jobs -- "$PY" -m examples.demo' in command
+    env = {
+        **os.environ,
+        "EXAMPLE_DATA_DIR": str(tmp_path / "data"),
+        "EXAMPLE_MEDIA_SITE": f"http://127.0.0.1:{free_port()}",
+        "EXAMPLE_MAIL_API": f"http://127.0.0.1:{free_port()}",
+    }
+    run = subprocess.run(
+        [
+            *(sys.executable, "-m", "jobkit_dispatch.cli", "dev", "--import", "examples.app.jobs"),
+            *("--", sys.executable, "-m", "examples.demo"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = "\n".join(line for line in run.stdout.splitlines() if not line.startswith("["))
+    assert run.returncode == 0, out + run.stderr[-3000:]
+    on_rq, on_temporal = out.split("== Redis stopped")
+    assert on_rq.count("-> rq       reason: rq") == 5
+    assert on_temporal.count("-> temporal reason: redis-unhealthy") == 5
+    assert on_rq.count(" succeeded  on rq ") == 5
+    assert on_temporal.count(" succeeded  on temporal ") == 5
+    assert " sleeping " in on_rq and " sleeping " in on_temporal  # the premieres
+    assert "demo succeeded" in out and "stack stopped" in out

@@ -173,6 +173,10 @@ class _MediaHandler(_Handler):
             return
         body = self.json_body()
         premiere = datetime.now(UTC) + timedelta(seconds=float(body.get("premiere_in", 0)))
+        # Whole seconds, as pages state times and yt-dlp reads them: a premiere rounded
+        # down would make the job wake up before the audio is online.
+        if premiere.microsecond:
+            premiere = premiere.replace(microsecond=0) + timedelta(seconds=1)
         episode = self.site.add(body["title"], premiere)
         self.reply(201, {"id": episode.id, "url": self.site.page_url(episode)})
 
