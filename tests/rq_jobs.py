@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 
 from pydantic import BaseModel
@@ -64,3 +65,15 @@ async def count_once(ctx: JobContext, payload: Count) -> str:
 async def ok(ctx: JobContext, payload: Work) -> str:
     await ctx.step.run("tally", tally, payload.workdir, "ok")
     return "ok"
+
+
+@job("rqtest.stubborn", queue="rq-messages", retry=1)
+async def stubborn(ctx: JobContext, payload: Work) -> str:
+    """Loses the first cancellation, as Python 3.11's `asyncio.wait_for` (around every
+    redis-py command) does when it lands just as the awaitable it wraps completes."""
+    ctx.report_progress(0.5, "holding")  # the test cancels once this is visible
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.sleep(60)
+    await ctx.step.run("gate", wait_for_gate, payload.workdir, payload.gate)
+    await ctx.step.run("finished", tally, payload.workdir, "finished")
+    return "finished"

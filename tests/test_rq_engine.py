@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import time
@@ -9,6 +10,7 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -19,10 +21,11 @@ from rq.serializers import JSONSerializer
 from jobkit import JobkitSettings
 from jobkit.connection import get_redis
 from jobkit.errors import EngineUnavailableError
-from jobkit_dispatch import dispatch_job, get_job
+from jobkit_dispatch import cancel_job, dispatch_job, get_job
 from jobkit_dispatch.conformance._files import count, open_gate
 from jobkit_dispatch.engines import JobRequest
-from jobkit_dispatch.engines.rq import RQEngine
+from jobkit_dispatch.engines.rq import RQEngine, keys
+from jobkit_dispatch.engines.rq.worker import RQWorker
 from jobkit_dispatch.testing import RedisServer, use_engine, wait_for_job
 from jobkit_dispatch.testing.redis_server import free_port
 from jobkit_dispatch.testing.rq_worker import WorkerProcess
@@ -172,6 +175,77 @@ def test_a_second_signal_aborts_and_the_job_runs_again_later(
         info = wait_for_job(d.job_id)
     assert (info.status, info.attempts) == (JobStatus.SUCCEEDED, 1)
     assert count(workdir, "first") == 1
+
+
+def test_a_cancellation_the_handler_lost_is_delivered_again(
+    engine: RQEngine, jobkit_redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The handler swallows the first cancellation (see `rq_jobs.stubborn`): the worker
+    interrupts it again on a heartbeat instead of letting it run to completion."""
+    workdir = str(tmp_path)
+    d = dispatch_job(rq_jobs.stubborn, {"workdir": workdir})
+    with worker(jobkit_redis_server, "rq-messages", tmp_path):
+        wait_for_job(d.job_id, lambda i: i.progress is not None)
+        assert cancel_job(d.job_id) is True
+        info = wait_for_job(d.job_id, timeout=5)
+        open_gate(workdir, "go")
+    assert info.status == JobStatus.CANCELLED
+    assert count(workdir, "finished") == 0
+
+
+async def test_a_job_cancelled_before_its_handler_starts_never_runs(
+    engine: RQEngine,
+    client: redis.Redis,
+    jobkit_redis_server: RedisServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cancellation lands after the job started (status `started`) and before its
+    handler did, and the worker hears it there; no heartbeat comes to catch it later."""
+    settings = JobkitSettings(redis_url=jobkit_redis_server.url, worker_heartbeat=60)
+    rq_worker = RQWorker("rq-messages", settings=settings)
+    heard = asyncio.Event()
+    cancel_local = rq_worker._cancel_local
+
+    def hear(job_id: str) -> None:
+        cancel_local(job_id)
+        heard.set()
+
+    monkeypatch.setattr(rq_worker, "_cancel_local", hear)
+    listening = _subscribers(client)
+    running = asyncio.create_task(rq_worker.run())
+    await asyncio.to_thread(_wait_for_subscribers, client, listening + 1)
+    start = rq_worker._start
+    request = JobRequest(
+        uuid.uuid4().hex, rq_jobs.ok.name, {"workdir": str(tmp_path)}, "rq-messages"
+    )
+
+    async def start_then_cancel(**kwargs: Any) -> Any:
+        flat = await start(**kwargs)
+        assert await asyncio.to_thread(engine.cancel, request.job_id) is True
+        await heard.wait()
+        return flat
+
+    monkeypatch.setattr(rq_worker, "_start", start_then_cancel)
+    assert engine.enqueue(request)
+    try:
+        info = await asyncio.to_thread(wait_for_job, request.job_id, timeout=5)
+    finally:
+        rq_worker.stop()
+        await running
+    assert info.status == JobStatus.CANCELLED
+    assert count(str(tmp_path), "ok") == 0
+
+
+def _subscribers(client: redis.Redis) -> int:
+    return int(dict(client.pubsub_numsub(keys.cancel_channel))[keys.cancel_channel.encode()])
+
+
+def _wait_for_subscribers(client: redis.Redis, wanted: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while _subscribers(client) < wanted:
+        assert time.monotonic() < deadline, "the worker never listened for cancellations"
+        time.sleep(0.01)
 
 
 def test_a_dead_redis_fails_fast_with_a_clear_error() -> None:

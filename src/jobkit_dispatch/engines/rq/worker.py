@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,7 +28,12 @@ from rq.utils import utcformat
 from jobkit.queues import QueueRegistry, default_queues
 from jobkit.settings import JobkitSettings, get_settings
 from jobkit_dispatch.engines.rq import keys
-from jobkit_dispatch.engines.rq.codec import CorruptJobError, decode_claimed, encode_error
+from jobkit_dispatch.engines.rq.codec import (
+    ClaimedJob,
+    CorruptJobError,
+    decode_claimed,
+    encode_error,
+)
 from jobkit_dispatch.engines.rq.scripts import FINISH, PROMOTE, RECLAIM, RECOVER, START
 from jobkit_dispatch.engines.rq.state import ProgressWriter, RedisStepMemo
 from jobkit_engine import (
@@ -78,8 +84,10 @@ class RQWorker:
         self._lease = 3 * self._heartbeat
         self._clock = SystemClock()
         self._running: dict[str, asyncio.Task[None]] = {}
-        self._cancelled: set[str] = set()
-        self._in_handler: set[str] = set()  # jobs whose handler runs: only those are cancelled
+        self._in_handler: set[str] = set()  # jobs whose handler runs: only those are interrupted
+        # Running jobs asked to cancel -> when their handler was last interrupted (monotonic),
+        # None while it has not started. See `_cancel_local`.
+        self._cancelled: dict[str, float | None] = {}
         self._stopping = asyncio.Event()
         self._aborting = False
         self._outage_since: float | None = None  # monotonic time Redis stopped answering
@@ -284,6 +292,12 @@ class RQWorker:
     # -- running one job ------------------------------------------------------------------
 
     async def _run_job(self, job_id: str) -> None:
+        try:
+            await self._start_and_run(job_id)
+        finally:
+            self._cancelled.pop(job_id, None)
+
+    async def _start_and_run(self, job_id: str) -> None:
         assert self.redis is not None
         job_key = keys.job_key(job_id)
         now = time.time()
@@ -317,9 +331,20 @@ class RQWorker:
             )
 
         outcome: Outcome | str
+        if job_id in self._cancelled:  # cancelled after it started, before its handler did
+            outcome = Cancelled
+        else:
+            outcome = await self._call_handler(job_id, claimed, make_context)
+        await progress.flush()
+        await self._retrying(lambda: self._finish(job_id, outcome))
+
+    async def _call_handler(
+        self, job_id: str, claimed: ClaimedJob, make_context: Callable[[Any], JobContext]
+    ) -> Outcome | str:
+        """One execution of the job's handler; only while it runs may it be interrupted."""
         self._in_handler.add(job_id)
         try:
-            outcome = await execute_job(
+            return await execute_job(
                 claimed.job_name,
                 claimed.payload,
                 claimed.attempt,
@@ -328,14 +353,11 @@ class RQWorker:
                 queues=self._queues,
             )
         except asyncio.CancelledError:
-            outcome = Cancelled if job_id in self._cancelled else Requeue
+            return Cancelled if job_id in self._cancelled else Requeue
         except (RedisError, OSError) as exc:  # a step could not be saved: retry the attempt
-            outcome = Failed(JobError.from_exception(exc), timedelta(seconds=1))
+            return Failed(JobError.from_exception(exc), timedelta(seconds=1))
         finally:
             self._in_handler.discard(job_id)
-        await progress.flush()
-        await self._retrying(lambda: self._finish(job_id, outcome))
-        self._cancelled.discard(job_id)
 
     async def _finish(self, job_id: str, outcome: Outcome | str) -> None:
         """Record the outcome, if this worker still holds the job's lease."""
@@ -385,7 +407,7 @@ class RQWorker:
 
     async def _heartbeats(self) -> None:
         """Keep this worker visible and the leases of its running jobs fresh; pick up
-        cancellations the listener may have missed."""
+        cancellations the listener missed, and repeat those a handler did not honour."""
         while True:
             await asyncio.sleep(self._heartbeat)
             try:
@@ -478,8 +500,28 @@ class RQWorker:
                 await asyncio.sleep(1.0)
 
     def _cancel_local(self, job_id: str) -> None:
+        """Honour the cancellation of a job running here, whatever point it has reached.
+
+        Called by the listener and, while the job's cancel flag is set, on every heartbeat.
+        Before the handler starts the job is only marked, and `_start_and_run` skips the
+        handler. A running handler is interrupted, and interrupted again a heartbeat later
+        if it still runs: one `Task.cancel()` can be lost, as on Python 3.11, whose
+        `asyncio.wait_for` (redis-py wraps every command in it) swallows a cancellation
+        that arrives just as the awaitable it wraps completes.
+        """
         task = self._running.get(job_id)
-        if task is not None and job_id in self._in_handler and job_id not in self._cancelled:
+        if task is None or task.done():
+            return
+        if job_id not in self._cancelled:
             log.info("job %s: cancelled while running", job_id)
-            self._cancelled.add(job_id)
-            task.cancel()
+            self._cancelled[job_id] = None
+        if job_id not in self._in_handler:
+            return
+        last = self._cancelled[job_id]
+        now = time.monotonic()
+        if last is not None:
+            if now - last < self._heartbeat:
+                return  # interrupted moments ago: the handler may still be unwinding
+            log.warning("job %s: the cancellation was not honoured; interrupting again", job_id)
+        self._cancelled[job_id] = now
+        task.cancel()
