@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 from jobkit_dispatch.conformance import EngineConformance, Harness
+from jobkit_dispatch.conformance.suite import requires
+from jobkit_dispatch.testing import InlineEngine, ManualClock
 
 
 class TestInlineConformance(EngineConformance):
@@ -15,3 +17,17 @@ class TestInlineConformance(EngineConformance):
         harness = Harness.inline()
         yield harness
         harness.engine.close()
+
+
+def test_the_suite_excuses_only_what_an_engine_disclaims() -> None:
+    class NoDelays(InlineEngine):
+        supports_delay = False
+
+    engine = NoDelays(clock=ManualClock())
+    try:
+        harness = Harness(engine)
+        requires(harness, "supports_progress")  # claimed: the test runs
+        with pytest.raises(pytest.skip.Exception, match="does not declare supports_delay"):
+            requires(harness, "supports_delay")
+    finally:
+        engine.close()

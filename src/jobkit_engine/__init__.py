@@ -23,6 +23,7 @@ from jobkit.errors import (
 from jobkit_engine._clock import Clock, ManualClock, SystemClock
 from jobkit_engine._context import DictStepMemo, JobContext, MemoSteps, StepMemo, Steps
 from jobkit_engine._definition import JobDefinition, job
+from jobkit_engine._execution import Failed, Outcome, Succeeded, Suspended, execute_job
 from jobkit_engine._registry import JobRegistry, default_registry, import_job_modules
 from jobkit_engine._retry import NO_RETRY, Retry
 from jobkit_engine._status import TERMINAL_STATUSES, JobError, JobInfo, JobStatus, Progress
@@ -35,6 +36,7 @@ __all__ = [
     "DispatchError",
     "DuplicateJobError",
     "DuplicateStepError",
+    "Failed",
     "JobCancelledError",
     "JobContext",
     "JobDefinition",
@@ -49,16 +51,20 @@ __all__ = [
     "ManualClock",
     "MemoSteps",
     "NonRetryableError",
+    "Outcome",
     "PayloadValidationError",
     "Progress",
     "Retry",
     "StepError",
     "StepMemo",
     "Steps",
+    "Succeeded",
+    "Suspended",
     "SystemClock",
     "UnknownJobError",
     "UnknownQueueError",
     "default_registry",
+    "execute_job",
     "import_job_modules",
     "job",
 ]

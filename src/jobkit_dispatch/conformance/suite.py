@@ -29,6 +29,16 @@ def _is(status: JobStatus) -> Callable[[JobInfo], bool]:
     return lambda info: info.status == status
 
 
+def requires(harness: Harness, capability: str) -> None:
+    """Skip a test of what the engine says it cannot do (`supports_delay = False`, …).
+
+    A declared capability is a promise the dispatcher and users rely on, so a test of it
+    runs whenever the engine claims it; only an engine that disclaims it is excused.
+    """
+    if not getattr(harness.engine, capability):
+        pytest.skip(f"{harness.engine.name} does not declare {capability}")
+
+
 def _close(actual: timedelta, expected: timedelta, slack: timedelta = timedelta(seconds=1)) -> bool:
     return expected <= actual <= expected + slack
 
@@ -174,6 +184,7 @@ class EngineConformance:
         assert (count(workdir, "before"), count(workdir, "after")) == (1, 1)
 
     def test_long_sleep_frees_the_worker_and_resumes(self, harness: Harness, workdir: str) -> None:
+        requires(harness, "supports_durable_sleep")
         seconds = harness.long_sleep.total_seconds()
         d = dispatch_job(jobs.sleeper, {"workdir": workdir, "seconds": seconds})
         info = harness.wait(d.job_id, _is(JobStatus.SLEEPING))
@@ -192,6 +203,7 @@ class EngineConformance:
         assert (count(workdir, "before"), count(workdir, "after")) == (1, 1)
 
     def test_sleep_until(self, harness: Harness, workdir: str) -> None:
+        requires(harness, "supports_durable_sleep")
         wake = harness.now() + harness.long_sleep
         d = dispatch_job(jobs.sleeper, {"workdir": workdir, "until": wake})
         assert harness.wait(d.job_id, _is(JobStatus.SLEEPING)).scheduled_for == wake
@@ -200,6 +212,7 @@ class EngineConformance:
     # -- progress, delays, idempotency ----------------------------------------------------
 
     def test_progress_is_visible_while_running(self, harness: Harness, workdir: str) -> None:
+        requires(harness, "supports_progress")
         payload = {"workdir": workdir, "gate": "g", "progress": 0.5, "message": "half way"}
         d = dispatch_job(jobs.gated, payload)
         info = harness.wait(d.job_id, lambda i: i.progress is not None)
@@ -208,6 +221,7 @@ class EngineConformance:
         assert harness.wait(d.job_id).progress == Progress(0.5, "half way")
 
     def test_delayed_job_is_scheduled_then_runs(self, harness: Harness, workdir: str) -> None:
+        requires(harness, "supports_delay")
         d = dispatch_job(jobs.echo, {"text": "later", "workdir": workdir}, delay=harness.long_sleep)
         info = get_job(d.job_id)
         assert info.status == JobStatus.SCHEDULED
@@ -220,6 +234,7 @@ class EngineConformance:
         assert info.started_at >= info.created_at + harness.long_sleep  # type: ignore[operator]
 
     def test_job_at_a_given_time(self, harness: Harness) -> None:
+        requires(harness, "supports_delay")
         at = harness.now() + harness.long_sleep
         d = dispatch_job(jobs.echo, {"text": "at"}, at=at)
         assert get_job(d.job_id).scheduled_for == at
@@ -262,6 +277,7 @@ class EngineConformance:
         assert count(workdir, "echo") == 0
 
     def test_cancel_a_scheduled_job(self, harness: Harness, workdir: str) -> None:
+        requires(harness, "supports_delay")
         d = dispatch_job(jobs.echo, {"text": "never", "workdir": workdir}, delay=harness.long_sleep)
         assert cancel_job(d.job_id) is True
         harness.advance(harness.long_sleep + SECOND)
@@ -269,6 +285,7 @@ class EngineConformance:
         assert count(workdir, "echo") == 0
 
     def test_cancel_a_sleeping_job(self, harness: Harness, workdir: str) -> None:
+        requires(harness, "supports_durable_sleep")
         seconds = harness.long_sleep.total_seconds()
         d = dispatch_job(jobs.sleeper, {"workdir": workdir, "seconds": seconds})
         harness.wait(d.job_id, _is(JobStatus.SLEEPING))
@@ -278,8 +295,7 @@ class EngineConformance:
         assert (count(workdir, "before"), count(workdir, "after")) == (1, 0)
 
     def test_cancel_a_running_job(self, harness: Harness, workdir: str) -> None:
-        if not harness.engine.supports_cancel_running:
-            pytest.skip(f"{harness.engine.name} does not declare supports_cancel_running")
+        requires(harness, "supports_cancel_running")
         d = self._blocker(harness, workdir, gate="held")
         assert cancel_job(d.job_id) is True
         info = harness.wait(d.job_id)
