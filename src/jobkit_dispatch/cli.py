@@ -203,6 +203,80 @@ def dev(
     sys.exit(run_dev(queues, names, demo, command))
 
 
+_queues_option = click.option(
+    "--queue",
+    "-q",
+    "queues",
+    multiple=True,
+    metavar="QUEUE",
+    help="Queue to report (repeatable); default: every registered queue.",
+)
+
+
+@main.command("stats")
+@_queues_option
+@_import_option
+def stats(queues: tuple[str, ...], modules: tuple[str, ...]) -> None:
+    """Show each RQ queue's jobs by state and its live workers."""
+    from redis.exceptions import RedisError
+
+    from jobkit.connection import get_redis
+    from jobkit.settings import redact_url
+    from jobkit_dispatch.engines.rq.stats import queue_stats
+
+    _load_jobs(modules)
+    settings = get_settings()
+    names = list(queues) or [spec.name for spec in default_queues]
+    try:
+        rows = queue_stats(get_redis(settings=settings), names, settings)
+    except (RedisError, OSError) as exc:
+        raise click.ClickException(
+            f"Redis at {redact_url(settings.redis_url)} did not answer ({type(exc).__name__})"
+        ) from exc
+    columns = ("queued", "scheduled", "running", "finished", "failed", "cancelled")
+    click.echo(f"{'queue':16}" + "".join(f"{c:>11}" for c in (*columns, "workers")))
+    for row in rows:
+        counts = [row.states[c] for c in columns] + [row.live_workers]
+        click.echo(f"{row.queue:16}" + "".join(f"{n:>11}" for n in counts))
+
+
+@main.command("metrics")
+@click.option("--port", type=int, default=9108, show_default=True, help="Port to serve on.")
+@click.option("--bind", default="127.0.0.1", show_default=True, help="Address to serve on.")
+@_queues_option
+@_import_option
+def metrics(port: int, bind: str, queues: tuple[str, ...], modules: tuple[str, ...]) -> None:
+    """Serve Prometheus metrics of the RQ queues on http://BIND:PORT/metrics until SIGTERM.
+
+    Needs jobkit[metrics]. Redis is read at each scrape; one such process covers every
+    queue and worker.
+    """
+    import signal
+    import threading
+
+    try:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        from jobkit_dispatch.metrics import RQQueueCollector
+    except ImportError as exc:
+        raise click.ClickException(f"metrics need jobkit[metrics]: {exc}") from exc
+    from jobkit.connection import get_redis
+
+    _load_jobs(modules)
+    settings = get_settings()
+    names = list(queues) or [spec.name for spec in default_queues]
+    registry = CollectorRegistry()
+    registry.register(RQQueueCollector(get_redis(settings=settings), names, settings))
+    server, thread = start_http_server(port, addr=bind, registry=registry)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    click.echo(f"serving metrics on http://{bind}:{server.server_port}/metrics", err=True)
+    stop.wait()
+    server.shutdown()
+    thread.join(5)
+
+
 @main.command("cron")
 @click.option(
     "--grace",
