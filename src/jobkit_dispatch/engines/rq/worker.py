@@ -25,8 +25,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from rq.utils import utcformat
 
+from jobkit.health import check_queue_redis_async
 from jobkit.queues import QueueRegistry, default_queues
-from jobkit.settings import JobkitSettings, get_settings
+from jobkit.settings import JobkitSettings, get_settings, redact_url
 from jobkit_dispatch.engines.rq import keys
 from jobkit_dispatch.engines.rq.codec import (
     ClaimedJob,
@@ -126,6 +127,7 @@ class RQWorker:
             self.keys.name,
             self.concurrency,
         )
+        await self._warn_about_redis_config()
         helpers = [
             asyncio.create_task(loop())
             for loop in (self._heartbeats, self._housekeeping, self._listen_for_cancels)
@@ -144,6 +146,18 @@ class RQWorker:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.redis.aclose(), 2)
             log.info("worker %s stopped", self.name)
+
+    async def _warn_about_redis_config(self) -> None:
+        """Say at startup, once, if the queue Redis can lose jobs (evicting, not persisting):
+        nothing else would tell until jobs vanish. One round trip; never fails the worker."""
+        assert self.redis is not None
+        for warning in await check_queue_redis_async(self.redis):
+            log.warning(
+                "worker %s: queue Redis %s: %s",
+                self.name,
+                redact_url(self.settings.redis_url),
+                warning,
+            )
 
     async def _retrying(self, action: Any, attempts: int | None = None) -> Any:
         """Run `action` until Redis answers, backing off up to 5 s; a worker rides out an
