@@ -85,7 +85,8 @@ def supervise(children: Sequence[Child], poll: float = 0.2) -> int:
     """Run until SIGTERM/SIGINT or until a child exits; then stop them all.
 
     The first signal is passed on as SIGTERM, so every child shuts down gracefully; a
-    second one kills them. Returns 0 after a requested stop in which every child exited
+    second one is passed on too, and workers abort (their running jobs go back to the
+    queue); a third kills them. Returns 0 after a requested stop in which every child exited
     cleanly, else the status of the child that failed (1 if it was killed by a signal):
     a worker that dies on its own must not leave its siblings serving half the engines.
     """
@@ -99,6 +100,8 @@ def supervise(children: Sequence[Child], poll: float = 0.2) -> int:
         for child in children:
             if signals == 1:
                 child.terminate()
+            elif child.process.poll() is None and signals == 2:
+                child.process.send_signal(signal.SIGTERM)  # a worker's "abort": jobs go back
             elif child.process.poll() is None:
                 child.process.kill()
 
