@@ -200,3 +200,27 @@ def test_dev_runs_a_command_against_the_stack_and_exits_with_its_status() -> Non
     assert "export JOBKIT_REDIS_URL=redis://127.0.0.1:" in run.stdout
     assert "engine rq succeeded" in run.stdout
     assert "stack stopped" in run.stdout
+
+
+@pytest.mark.slow
+def test_sigterm_stops_jobkit_dev_and_every_server_it_started() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jobkit_dispatch.cli", "dev", "--import", "tests.jobs"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = Output(process)
+    try:
+        _wait(lambda: "stack is up" in "".join(output.lines), 120, "the stack")
+        servers = _children_of(process.pid)
+        assert len(servers) >= 4  # redis-server, temporal, the two workers
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, output.text
+        assert "stack stopped" in output.text
+        _wait(lambda: not [pid for pid in servers if _alive(pid)], 30, "the servers to stop")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -88,6 +89,17 @@ def run_dev(
     modules = [*modules, DEMO_MODULE] if demo else list(modules)
     import_job_modules(modules)  # here too: the stack runs cron only if schedules exist
     queues = list(queues) or [spec.name for spec in default_queues]
+    running: list[subprocess.Popen[bytes]] = []
+
+    def on_sigterm(_signum: int, _frame: object) -> None:
+        """SIGTERM (a process manager, `kill`) stops the stack as Ctrl-C does; with
+        COMMAND running, it goes to COMMAND, and the stack stops when COMMAND exits."""
+        if running and running[0].poll() is None:
+            running[0].terminate()
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     with stack(queues, modules) as (redis, env):
         if demo:
             return 0 if run_demo(redis) else 1
@@ -103,6 +115,7 @@ def run_dev(
                 child = subprocess.Popen(list(command), env=env)
             except OSError as exc:
                 raise click.ClickException(f"cannot run {command[0]}: {exc}") from exc
+            running.append(child)
             try:
                 return child.wait()
             except KeyboardInterrupt:  # Ctrl-C reached COMMAND too: let it finish stopping
