@@ -46,10 +46,7 @@ def check_queue_redis(client: Redis) -> list[str]:
     `probe_redis`'s business.
     """
     try:
-        pipe = client.pipeline(transaction=False)
-        for name in _QUEUE_CONFIG:
-            pipe.config_get(name)
-        replies = pipe.execute(raise_on_error=False)
+        replies = _config_pipeline(client).execute(raise_on_error=False)
     except Exception as exc:
         log.debug("queue Redis config not checked: %s", type(exc).__name__)
         return []
@@ -59,14 +56,19 @@ def check_queue_redis(client: Redis) -> list[str]:
 async def check_queue_redis_async(client: AsyncRedis) -> list[str]:
     """`check_queue_redis` for an asyncio client, as the RQ worker holds."""
     try:
-        pipe = client.pipeline(transaction=False)
-        for name in _QUEUE_CONFIG:
-            pipe.config_get(name)
-        replies = await pipe.execute(raise_on_error=False)
+        replies = await _config_pipeline(client).execute(raise_on_error=False)
     except Exception as exc:
         log.debug("queue Redis config not checked: %s", type(exc).__name__)
         return []
     return _queue_config_warnings(replies)
+
+
+def _config_pipeline(client: Any) -> Any:
+    """One `CONFIG GET` per setting of `_QUEUE_CONFIG`, queued on a (sync or async) pipeline."""
+    pipe = client.pipeline(transaction=False)
+    for name in _QUEUE_CONFIG:
+        pipe.config_get(name)
+    return pipe
 
 
 def _queue_config_warnings(replies: list[Any]) -> list[str]:

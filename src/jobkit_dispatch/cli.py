@@ -6,8 +6,9 @@ import importlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -16,6 +17,8 @@ from jobkit.errors import ConfigurationError, JobkitError
 from jobkit.queues import default_queues
 from jobkit.settings import get_settings
 from jobkit_engine import default_registry, import_job_modules
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 WORKER_RUNTIMES = {
     "rq": "jobkit_dispatch.engines.rq.runtime:run_worker",
@@ -30,6 +33,21 @@ _import_option = click.option(
     metavar="MODULE",
     help="Job module to import (repeatable); default: JOBKIT_JOB_MODULES.",
 )
+
+
+def _queue_option(verb: str) -> Callable[[F], F]:
+    return click.option(
+        "--queue",
+        "-q",
+        "queues",
+        multiple=True,
+        metavar="QUEUE",
+        help=f"Queue to {verb} (repeatable); default: every registered queue.",
+    )
+
+
+def _queue_names(queues: tuple[str, ...]) -> list[str]:
+    return list(queues) or [spec.name for spec in default_queues]
 
 
 def _load_jobs(modules: tuple[str, ...]) -> list[str]:
@@ -118,14 +136,7 @@ def _jsonable(value: Any) -> Any:
     help="Engine to serve (repeatable; 'all' for every one); default: rq. With more "
     "than one, each runs in a child process and all stop together.",
 )
-@click.option(
-    "--queue",
-    "-q",
-    "queues",
-    multiple=True,
-    metavar="QUEUE",
-    help="Queue to serve (repeatable); default: every registered queue.",
-)
+@_queue_option("serve")
 @click.option(
     "--concurrency",
     "-c",
@@ -145,7 +156,7 @@ def worker(
     SIGTERM or Ctrl-C stops it gracefully: running jobs finish or are handed back.
     """
     names = _load_jobs(modules)
-    served = list(queues) or [spec.name for spec in default_queues]
+    served = _queue_names(queues)
     for name in served:
         try:
             default_queues.get(name)
@@ -177,14 +188,7 @@ def _supervise_workers(
 
 @main.command("dev", context_settings={"ignore_unknown_options": True})
 @click.option("--demo", is_flag=True, help="Dispatch example jobs, stop Redis, show the fallback.")
-@click.option(
-    "--queue",
-    "-q",
-    "queues",
-    multiple=True,
-    metavar="QUEUE",
-    help="Queue the workers serve (repeatable); default: every registered queue.",
-)
+@_queue_option("run workers for")
 @_import_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def dev(
@@ -203,18 +207,8 @@ def dev(
     sys.exit(run_dev(queues, names, demo, command))
 
 
-_queues_option = click.option(
-    "--queue",
-    "-q",
-    "queues",
-    multiple=True,
-    metavar="QUEUE",
-    help="Queue to report (repeatable); default: every registered queue.",
-)
-
-
 @main.command("stats")
-@_queues_option
+@_queue_option("report")
 @_import_option
 def stats(queues: tuple[str, ...], modules: tuple[str, ...]) -> None:
     """Show each RQ queue's jobs by state and its live workers."""
@@ -226,7 +220,7 @@ def stats(queues: tuple[str, ...], modules: tuple[str, ...]) -> None:
 
     _load_jobs(modules)
     settings = get_settings()
-    names = list(queues) or [spec.name for spec in default_queues]
+    names = _queue_names(queues)
     try:
         rows = queue_stats(get_redis(settings=settings), names, settings)
     except (RedisError, OSError) as exc:
@@ -243,7 +237,7 @@ def stats(queues: tuple[str, ...], modules: tuple[str, ...]) -> None:
 @main.command("metrics")
 @click.option("--port", type=int, default=9108, show_default=True, help="Port to serve on.")
 @click.option("--bind", default="127.0.0.1", show_default=True, help="Address to serve on.")
-@_queues_option
+@_queue_option("report")
 @_import_option
 def metrics(port: int, bind: str, queues: tuple[str, ...], modules: tuple[str, ...]) -> None:
     """Serve Prometheus metrics of the RQ queues on http://BIND:PORT/metrics until SIGTERM.
@@ -264,7 +258,7 @@ def metrics(port: int, bind: str, queues: tuple[str, ...], modules: tuple[str, .
 
     _load_jobs(modules)
     settings = get_settings()
-    names = list(queues) or [spec.name for spec in default_queues]
+    names = _queue_names(queues)
     registry = CollectorRegistry()
     registry.register(RQQueueCollector(get_redis(settings=settings), names, settings))
     server, thread = start_http_server(port, addr=bind, registry=registry)

@@ -1,7 +1,8 @@
 """What is on each RQ queue right now: the numbers operators watch and alert on.
 
-Read in one pipelined round trip per call (plus the live-worker count, a script), so a
-Prometheus scrape or `jobkit stats` costs Redis next to nothing and never touches a job.
+Read in one pipeline (redis-py checks first that the live-worker script is loaded: a
+second, tiny round trip), so a Prometheus scrape or `jobkit stats` costs Redis next to
+nothing and never touches a job.
 """
 
 from __future__ import annotations
