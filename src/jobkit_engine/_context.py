@@ -82,10 +82,20 @@ class SuspendJob(BaseException):
 class MemoSteps:
     """Steps memoized in a `StepMemo`; sleeps past `sleep_threshold` suspend the job."""
 
-    def __init__(self, memo: StepMemo, clock: Clock, sleep_threshold: timedelta) -> None:
+    def __init__(
+        self,
+        memo: StepMemo,
+        clock: Clock,
+        sleep_threshold: timedelta,
+        *,
+        before_step: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         self._memo = memo
         self._clock = clock
         self._threshold = sleep_threshold
+        # The engine's say before a step function runs (not when its result is replayed):
+        # e.g. a cancel accepted elsewhere, checked atomically, so no step starts after it.
+        self._before_step = before_step
         self._used: set[str] = set()
 
     def _claim(self, step_id: str) -> None:
@@ -99,6 +109,8 @@ class MemoSteps:
         self._claim(step_id)
         stored = self._memo.get(step_id)
         if stored is MISSING:
+            if self._before_step is not None:
+                await self._before_step(step_id)
             value = await _call(fn, args, kwargs)
             try:
                 stored = to_json(value)
