@@ -9,6 +9,7 @@ JobkitError
 │   └── DuplicateJobError         two different handlers under one job name
 ├── UnknownJobError               a job name nobody registered
 ├── PayloadValidationError        a payload that does not match the job's model
+├── PayloadTooLargeError          a payload, step argument or result past the size limit
 ├── EngineUnavailableError        an engine cannot take jobs right now (the dispatcher falls back)
 ├── DispatchError                 no engine could take the job (names every cause)
 ├── JobNotFoundError              get_job / cancel_job for an id no engine knows
@@ -96,6 +97,22 @@ class PayloadValidationError(JobkitError, ValueError):
             for e in errors
         )
         super().__init__(f"invalid payload for job {job_name!r}: {details}")
+
+
+class PayloadTooLargeError(JobkitError, ValueError):
+    """JSON past `JOBKIT_MAX_PAYLOAD_BYTES`: a job's payload or result, or a step's
+    arguments or result. One limit on every engine (Temporal refuses payloads over 2 MB),
+    checked before anything is sent, so a job that fits on one engine fits on all."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        self.what = what
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"{what} is {size:,} bytes of JSON, over the limit of {limit:,} "
+            "(JOBKIT_MAX_PAYLOAD_BYTES); keep large data elsewhere (a file, a bucket, a "
+            "table) and pass a reference to it"
+        )
 
 
 class EngineUnavailableError(JobkitError):

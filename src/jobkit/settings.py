@@ -56,6 +56,13 @@ class JobkitSettings(BaseSettings):
         description="seconds between worker heartbeats; a job whose worker missed "
         "three of them is considered abandoned and retried",
     )
+    max_payload_bytes: int = Field(
+        1_048_576,
+        gt=0,
+        le=2_000_000,
+        description="largest JSON (in bytes) of a job's payload or result, or a step's "
+        "arguments or result, on every engine; Temporal's 2 MB per payload is the ceiling",
+    )
     job_modules: list[str] = Field(
         default_factory=list, description="modules a worker imports to register jobs"
     )

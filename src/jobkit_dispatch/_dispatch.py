@@ -21,6 +21,7 @@ from jobkit.queues import QueueRegistry, default_queues
 from jobkit.settings import JobkitSettings, get_settings
 from jobkit_dispatch.engines import Engine, JobRequest, load_engine
 from jobkit_engine import JobDefinition, JobInfo, JobRegistry, default_registry
+from jobkit_engine.runtime import encode
 
 _SETTING: Any = object()  # "use JOBKIT_PICKUP_TIMEOUT"
 _IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c7c2e-3b0e-4d8a-9a56-8f0b8f8f7a10")
@@ -120,7 +121,8 @@ class Dispatcher:
         queue: str | None = None,
         idempotency_key: str | None = None,
     ) -> JobRequest:
-        """Validate everything about a dispatch before any engine sees it."""
+        """Validate everything about a dispatch before any engine sees it: the payload's
+        fields, and its size (`PayloadTooLargeError`), which every engine shares."""
         definition = job if isinstance(job, JobDefinition) else self._registry.get(job)
         value = definition.validate_payload(payload)
         queue_name = queue or definition.queue
@@ -134,7 +136,11 @@ class Dispatcher:
                 else uuid.uuid4().hex
             ),
             job_name=definition.name,
-            payload=definition.dump_payload(value),
+            payload=encode(
+                definition.dump_payload(value),
+                f"the payload of job {definition.name!r}",
+                self.settings.max_payload_bytes,
+            ),
             queue=queue_name,
             max_attempts=definition.retry.attempts,
             delay=None if delay is None else to_timedelta(delay),

@@ -1,7 +1,8 @@
 """jobkit_engine: jobs written once, for any engine.
 
 Defines jobs (`@job`), what a handler receives (`JobContext`), the registry, the error
-types and the status model. It imports no engine: `rq`, `temporalio` and `redis` are never
+types and the status model; `jobkit_engine.runtime` is what engines use to run jobs. It
+imports no engine: `rq`, `temporalio` and `redis` are never
 imported from here, so a job module loads in any worker.
 """
 
@@ -15,6 +16,7 @@ from jobkit.errors import (
     JobNotFoundError,
     JobTimeoutError,
     NonRetryableError,
+    PayloadTooLargeError,
     PayloadValidationError,
     StepError,
     UnknownJobError,
@@ -23,7 +25,8 @@ from jobkit.errors import (
 from jobkit_engine._clock import Clock, ManualClock, SystemClock
 from jobkit_engine._context import DictStepMemo, JobContext, MemoSteps, StepMemo, Steps
 from jobkit_engine._definition import JobDefinition, job
-from jobkit_engine._execution import Failed, Outcome, Succeeded, Suspended, execute_job
+from jobkit_engine._execution import execute_job
+from jobkit_engine._lifecycle import Failed, Outcome, Succeeded, Suspended
 from jobkit_engine._registry import JobRegistry, default_registry, import_job_modules
 from jobkit_engine._retry import NO_RETRY, Retry
 from jobkit_engine._status import TERMINAL_STATUSES, JobError, JobInfo, JobStatus, Progress
@@ -52,6 +55,7 @@ __all__ = [
     "MemoSteps",
     "NonRetryableError",
     "Outcome",
+    "PayloadTooLargeError",
     "PayloadValidationError",
     "Progress",
     "Retry",

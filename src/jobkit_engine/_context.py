@@ -1,28 +1,29 @@
 """What a job handler is given: `JobContext`, and its step API.
 
-Engines that keep step results in a store (inline, RQ) share `MemoSteps`; an engine with
-its own durable execution (Temporal) implements the `Steps` protocol directly.
+`MemoSteps` is the one step implementation: every engine uses it, with a `StepMemo` for
+where step results live and small hooks for what differs (where a step function runs, how
+a long sleep waits, a check before a step starts).
 """
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from jobkit.durations import Duration, require_aware, to_timedelta
-from jobkit.errors import DuplicateStepError, StepError
+from jobkit.errors import DuplicateStepError, PayloadTooLargeError, StepError
 from jobkit_engine._clock import Clock
-from jobkit_engine._codec import from_json_for, to_json
+from jobkit_engine._codec import from_json_for
+from jobkit_engine._failures import decode_exception, encode_exception
 from jobkit_engine._status import Progress
+from jobkit_engine._steps import DEFAULT_MAX_BYTES, encode_call, run_step_function, step_ref
 
 T = TypeVar("T")
 
 MISSING: Any = object()
-_WAKE_AT = "__jobkit_wake_at__"
+WAKE_AT_KEY = "__jobkit_wake_at__"  # a sleep's memo entry: {WAKE_AT_KEY: iso time}
 
 
 class Steps(Protocol):
@@ -79,8 +80,31 @@ class SuspendJob(BaseException):
         self.wake_at = wake_at
 
 
+StepRunner = Callable[[str, str, Callable[..., Any], dict[str, Any]], Awaitable[Any]]
+"""`(step_id, ref, fn, call) -> result JSON`: where an engine runs a step function.
+
+`call` is the step's arguments as JSON (`{"args": [...], "kwargs": {...}}`). The runner
+returns the result as JSON, or raises the step's exception as `decode_exception` rebuilds
+it. The default runs the function in this process; Temporal runs it as an activity.
+"""
+
+Suspender = Callable[[str, datetime], Awaitable[None]]
+"""`(step_id, wake_at)`: how an engine waits out a long sleep. The default raises
+`SuspendJob`, ending the execution; Temporal waits on a durable timer instead."""
+
+
 class MemoSteps:
-    """Steps memoized in a `StepMemo`; sleeps past `sleep_threshold` suspend the job."""
+    """`ctx.step` on every engine: the step rules, memoized results and sleeps, with the
+    engine's part reduced to hooks.
+
+    A step's id is claimed (unique within the job), its function checked (an import path
+    a worker can use) and its arguments encoded as JSON within `max_bytes`, whether or not
+    its result is already in the memo — so a rule is never enforced only on a first run.
+    A step not in the memo runs through `run_step` and its JSON result is saved before the
+    job moves on. A sleep's wake time is fixed the first time it is reached, so a resumed
+    or retried job wakes at the original deadline; sleeps of at least `sleep_threshold`
+    go to `suspend` and free the worker.
+    """
 
     def __init__(
         self,
@@ -88,11 +112,17 @@ class MemoSteps:
         clock: Clock,
         sleep_threshold: timedelta,
         *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        run_step: StepRunner | None = None,
+        suspend: Suspender | None = None,
         before_step: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._memo = memo
         self._clock = clock
         self._threshold = sleep_threshold
+        self._max_bytes = max_bytes
+        self._run_step = run_step or self._run_here
+        self._suspend = suspend or _suspend_execution
         # The engine's say before a step function runs (not when its result is replayed):
         # e.g. a cancel accepted elsewhere, checked atomically, so no step starts after it.
         self._before_step = before_step
@@ -107,19 +137,28 @@ class MemoSteps:
 
     async def run(self, step_id: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         self._claim(step_id)
+        ref = step_ref(step_id, fn)
+        call = encode_call(step_id, ref, args, kwargs, self._max_bytes)
         stored = self._memo.get(step_id)
         if stored is MISSING:
             if self._before_step is not None:
                 await self._before_step(step_id)
-            value = await _call(fn, args, kwargs)
-            try:
-                stored = to_json(value)
-            except TypeError as exc:
-                raise StepError(
-                    f"step {step_id!r} returned a value that is not JSON: {exc}"
-                ) from None
+            stored = await self._run_step(step_id, ref, fn, call)
             await self._memo.save(step_id, stored)
         return from_json_for(fn, stored)
+
+    async def _run_here(
+        self, step_id: str, ref: str, fn: Callable[..., Any], call: dict[str, Any]
+    ) -> Any:
+        try:
+            return await run_step_function(step_id, ref, fn, call, self._max_bytes)
+        except (StepError, PayloadTooLargeError):
+            raise  # jobkit's verdict on the step, not the step's own failure
+        except Exception as exc:
+            # Through the same encoding as a step that ran elsewhere: same class, message
+            # and JSON attributes on every engine.
+            failure = decode_exception(encode_exception(exc))
+            raise failure from failure.__cause__
 
     async def sleep(self, step_id: str, duration: Duration) -> None:
         await self._sleep(step_id, lambda: self._clock.now() + to_timedelta(duration))
@@ -129,32 +168,23 @@ class MemoSteps:
         await self._sleep(step_id, lambda: wake_at)
 
     async def _sleep(self, step_id: str, first_wake_at: Callable[[], datetime]) -> None:
-        # The wake time is fixed when the sleep is first reached, so a resumed job wakes
-        # at the original deadline instead of starting the sleep over.
         self._claim(step_id)
         stored = self._memo.get(step_id)
-        persisted = isinstance(stored, dict) and _WAKE_AT in stored
-        wake_at = datetime.fromisoformat(stored[_WAKE_AT]) if persisted else first_wake_at()
+        persisted = isinstance(stored, dict) and WAKE_AT_KEY in stored
+        wake_at = datetime.fromisoformat(stored[WAKE_AT_KEY]) if persisted else first_wake_at()
         remaining = wake_at - self._clock.now()
         if remaining <= timedelta(0):
             return
+        if not persisted:
+            await self._memo.save(step_id, {WAKE_AT_KEY: wake_at.isoformat()})
         if remaining < self._threshold:
             await self._clock.sleep_until(wake_at)
             return
-        if not persisted:
-            await self._memo.save(step_id, {_WAKE_AT: wake_at.isoformat()})
-        raise SuspendJob(wake_at)
+        await self._suspend(step_id, wake_at)
 
 
-async def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    # Sync step functions run in a thread: a blocking call must not stall the event loop
-    # that other jobs of the same worker share.
-    if inspect.iscoroutinefunction(fn):
-        return await fn(*args, **kwargs)
-    result = await asyncio.to_thread(fn, *args, **kwargs)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
+async def _suspend_execution(step_id: str, wake_at: datetime) -> None:
+    raise SuspendJob(wake_at)
 
 
 class JobContext:

@@ -7,26 +7,21 @@ back an `Outcome` and only has to record it (and schedule the retry or the wake-
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from jobkit.errors import (
-    JobTimeoutError,
-    NonRetryableError,
-    PayloadValidationError,
-    StepError,
-    UnknownJobError,
-)
+from jobkit.errors import JobTimeoutError, PayloadValidationError, UnknownJobError
 from jobkit.queues import QueueRegistry, default_queues
 from jobkit_engine._context import JobContext, SuspendJob
 from jobkit_engine._definition import JobDefinition
+from jobkit_engine._failures import is_fatal
+from jobkit_engine._lifecycle import Failed, Outcome, Succeeded, Suspended
 from jobkit_engine._registry import JobRegistry, default_registry
 from jobkit_engine._status import JobError
-
-_FATAL = (NonRetryableError, StepError, UnknownJobError, PayloadValidationError)
+from jobkit_engine._steps import DEFAULT_MAX_BYTES, encode
 
 _deadline: ContextVar[asyncio.Timeout | None] = ContextVar("jobkit_attempt_deadline", default=None)
 
@@ -39,25 +34,6 @@ def attempt_deadline() -> asyncio.Timeout | None:
     on engines where a long sleep ends the execution.
     """
     return _deadline.get()
-
-
-@dataclass(frozen=True)
-class Succeeded:
-    result: Any  # JSON
-
-
-@dataclass(frozen=True)
-class Suspended:
-    wake_at: datetime
-
-
-@dataclass(frozen=True)
-class Failed:
-    error: JobError
-    retry_in: timedelta | None  # None: this failure is final
-
-
-Outcome = Succeeded | Suspended | Failed
 
 
 def attempt_timeout(definition: JobDefinition[Any, Any], queues: QueueRegistry) -> timedelta:
@@ -75,11 +51,15 @@ async def execute_job(
     *,
     registry: JobRegistry = default_registry,
     queues: QueueRegistry = default_queues,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    rng: random.Random | None = None,
 ) -> Outcome:
     """Resolve `job_name`, validate `payload`, run the handler once, classify the result.
 
     Only registered jobs run: an unknown name or a payload that does not validate fails
-    the job for good. Cancellation (`asyncio.CancelledError`) is left to the engine.
+    the job for good, as does a result that is not JSON or longer than `max_bytes`.
+    Cancellation (`asyncio.CancelledError`) is left to the engine. `rng` draws the retry
+    jitter (a workflow passes its deterministic one).
     """
     try:
         definition = registry.get(job_name)
@@ -98,15 +78,21 @@ async def execute_job(
         return Suspended(suspend.wake_at)
     except TimeoutError as exc:
         timed_out = JobTimeoutError(f"job {job_name!r} attempt {attempt} exceeded {timeout}")
-        return _failed(definition, attempt, timed_out if deadline.expired() else exc)
+        return _failed(definition, attempt, timed_out if deadline.expired() else exc, rng)
     except Exception as exc:
-        return _failed(definition, attempt, exc)
+        return _failed(definition, attempt, exc, rng)
     try:
-        return Succeeded(definition.dump_result(result))
-    except TypeError as exc:
+        return Succeeded(encode(result, f"the result of job {job_name!r}", max_bytes))
+    except Exception as exc:  # not JSON, or too large: retrying cannot fix it
         return Failed(JobError.from_exception(exc), None)
 
 
-def _failed(definition: JobDefinition[Any, Any], attempt: int, exc: Exception) -> Failed:
-    retry_in = None if isinstance(exc, _FATAL) else definition.retry.delay_after(attempt)
+def _failed(
+    definition: JobDefinition[Any, Any],
+    attempt: int,
+    exc: Exception,
+    rng: random.Random | None,
+) -> Failed:
+    fatal = is_fatal(exc) or isinstance(exc, UnknownJobError | PayloadValidationError)
+    retry_in = None if fatal else definition.retry.delay_after(attempt, rng)
     return Failed(JobError.from_exception(exc), retry_in)

@@ -154,3 +154,7 @@ async def duplicate_steps(ctx: JobContext, payload: Workdir) -> None:
 @job("conformance.no_payload", queue=QUEUE, retry=1)
 async def no_payload(ctx: JobContext) -> dict[str, object]:
     return {"job_name": ctx.job_name, "attempt": ctx.attempt}
+
+
+# The step-rule probes register with these, so a worker that imports this module has all.
+from jobkit_dispatch.conformance import portable_jobs  # noqa: E402, F401

@@ -18,6 +18,7 @@ from jobkit_dispatch import Dispatched, cancel_job, dispatch_job, get_job, idemp
 from jobkit_dispatch.conformance import jobs
 from jobkit_dispatch.conformance._files import count, open_gate
 from jobkit_dispatch.conformance.harness import Harness
+from jobkit_dispatch.conformance.portability import PortabilityConformance
 from jobkit_dispatch.engines import JobRequest
 from jobkit_dispatch.testing import use_engine
 from jobkit_engine import JobInfo, JobStatus, Progress
@@ -43,7 +44,7 @@ def _close(actual: timedelta, expected: timedelta, slack: timedelta = timedelta(
     return expected <= actual <= expected + slack
 
 
-class EngineConformance:
+class EngineConformance(PortabilityConformance):
     """The job contract. Subclass it and provide a `harness` fixture."""
 
     @pytest.fixture

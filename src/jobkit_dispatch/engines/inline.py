@@ -25,19 +25,26 @@ from jobkit.queues import QueueRegistry, default_queues
 from jobkit_dispatch.engines.base import EngineBase, JobRequest
 from jobkit_engine import (
     Clock,
-    DictStepMemo,
     JobContext,
     JobError,
     JobInfo,
     JobRegistry,
     JobStatus,
     ManualClock,
-    MemoSteps,
     Progress,
     SystemClock,
     default_registry,
 )
-from jobkit_engine._execution import Failed, Outcome, Succeeded, Suspended, execute_job
+from jobkit_engine.runtime import (
+    DEFAULT_MAX_BYTES,
+    Cancelled,
+    DictStepMemo,
+    Finish,
+    MemoSteps,
+    Outcome,
+    execute_job,
+    settle,
+)
 
 log = logging.getLogger("jobkit.inline")
 
@@ -121,9 +128,11 @@ class InlineEngine(EngineBase):
         concurrency: Mapping[str, int] | None = None,
         registry: JobRegistry = default_registry,
         queues: QueueRegistry = default_queues,
+        max_payload_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.clock = clock or SystemClock()
         self._sleep_threshold = sleep_threshold
+        self._max_bytes = max_payload_bytes
         self._concurrency = dict(concurrency or {})
         self._registry = registry
         self._queues = queues
@@ -135,7 +144,10 @@ class InlineEngine(EngineBase):
 
     @classmethod
     def from_settings(cls, settings: Any) -> InlineEngine:
-        return cls(sleep_threshold=timedelta(seconds=settings.sleep_threshold))
+        return cls(
+            sleep_threshold=timedelta(seconds=settings.sleep_threshold),
+            max_payload_bytes=settings.max_payload_bytes,
+        )
 
     # -- the Engine protocol -------------------------------------------------------------
 
@@ -281,9 +293,10 @@ class InlineEngine(EngineBase):
                     return
         except asyncio.CancelledError:
             with self._lock:
-                if record.cancel_requested or record.status == JobStatus.CANCELLED:
-                    self._finish(record, JobStatus.CANCELLED)
-                    return
+                cancelled = record.cancel_requested or record.status == JobStatus.CANCELLED
+            if cancelled:
+                self._apply(record, Cancelled())
+                return
             raise
 
     def _transition(self, record: _Record, before: tuple[JobStatus, ...], after: JobStatus) -> bool:
@@ -309,7 +322,13 @@ class InlineEngine(EngineBase):
                 job_name=request.job_name,
                 attempt=record.attempts,
                 engine=self.name,
-                step=MemoSteps(record.memo, _JobClock(self, record), self._sleep_threshold),
+                step=MemoSteps(
+                    record.memo,
+                    _JobClock(self, record),
+                    self._sleep_threshold,
+                    max_bytes=self._max_bytes,
+                    before_step=lambda _step_id: self._refuse_if_cancelled(record),
+                ),
                 progress_sink=lambda progress: self._set_progress(record, progress),
             )
 
@@ -320,7 +339,16 @@ class InlineEngine(EngineBase):
             make_context,
             registry=self._registry,
             queues=self._queues,
+            max_bytes=self._max_bytes,
         )
+
+    async def _refuse_if_cancelled(self, record: _Record) -> None:
+        """No step starts once a cancel was accepted, even in a handler that swallowed
+        the interruption."""
+        with self._lock:
+            cancelled = record.cancel_requested
+        if cancelled:
+            raise asyncio.CancelledError()
 
     def _set_clock_wait(self, record: _Record, until: datetime | None) -> None:
         with self._lock:
@@ -331,38 +359,31 @@ class InlineEngine(EngineBase):
             record.progress = progress
 
     def _apply(self, record: _Record, outcome: Outcome) -> bool:
-        """Record what an execution ended with; True when the job has more to do."""
+        """Store what `settle` decides for an execution's outcome; True when the job has
+        more to do."""
         now = self.clock.now()
         with self._lock:
-            if record.cancel_requested:
-                # The handler finished before the cancellation reached an await.
-                self._finish(record, JobStatus.CANCELLED)
+            if record.status.is_terminal:  # cancelled while it was waiting
                 return False
-            match outcome:
-                case Succeeded(result):
-                    record.result, record.error = result, None
-                    self._finish(record, JobStatus.SUCCEEDED)
-                    return False
-                case Suspended(wake_at):
-                    record.status, record.scheduled_for = JobStatus.SLEEPING, wake_at
-                    record.resuming = True
-                    return True
-                case Failed(error, None):
-                    record.error = error
-                    self._finish(record, JobStatus.FAILED)
-                    return False
-                case Failed(error, retry_in):
-                    record.error = error
-                    record.status, record.scheduled_for = JobStatus.SCHEDULED, now + retry_in
-                    log.info(
-                        "job %s attempt %d failed (%s); retry in %s",
-                        record.request.job_id,
-                        record.attempts,
-                        error.type,
-                        retry_in,
-                    )
-                    return True
-        raise AssertionError(f"unhandled outcome {outcome!r}")  # pragma: no cover
+            decision = settle(outcome, now=now, cancel_requested=record.cancel_requested)
+            if isinstance(decision, Finish):
+                record.result = decision.result
+                if decision.error is not None or decision.status == JobStatus.SUCCEEDED:
+                    record.error = decision.error
+                self._finish(record, decision.status)
+                return False
+            record.status, record.scheduled_for = decision.status, decision.at
+            record.resuming = decision.resume
+            if decision.error is not None:
+                record.error = decision.error
+                log.info(
+                    "job %s attempt %d failed (%s); retry at %s",
+                    record.request.job_id,
+                    record.attempts,
+                    decision.error.type,
+                    decision.at,
+                )
+            return True
 
     def _finish(self, record: _Record, status: JobStatus) -> None:
         """Set a final status (caller holds the lock)."""

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from jobkit_engine import JobError, JobInfo, JobStatus, Progress
+from jobkit_engine.runtime import DEFAULT_MAX_BYTES
 
 WORKFLOW_NAME = "jobkit.job"
 """The one workflow type that runs every job."""
@@ -51,6 +52,7 @@ class JobInput(BaseModel):
     scheduled_for: datetime | None = None
     sleep_threshold: float = 5.0  # seconds; longer sleeps free the job's slot
     step_heartbeat_timeout: float | None = 30.0  # seconds; how soon a lost worker is noticed
+    max_payload_bytes: int = DEFAULT_MAX_BYTES  # the JSON size limit of steps and the result
 
 
 class ErrorState(BaseModel):

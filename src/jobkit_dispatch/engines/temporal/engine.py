@@ -36,6 +36,7 @@ from jobkit.settings import JobkitSettings
 from jobkit_dispatch.engines.base import EngineBase, JobRequest
 from jobkit_dispatch.engines.temporal._model import MEMO_KEY, WORKFLOW_NAME, JobInput, JobState
 from jobkit_engine import JobError, JobInfo, JobStatus
+from jobkit_engine.runtime import DEFAULT_MAX_BYTES
 
 if TYPE_CHECKING:
     from jobkit_dispatch.engines.temporal.worker import BackgroundWorker
@@ -123,6 +124,7 @@ class TemporalEngine(EngineBase):
         step_heartbeat_timeout: Duration | None = 30.0,
         connect_timeout: float = 2.0,
         rpc_timeout: float = 5.0,
+        max_payload_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.address = address
         self.namespace = namespace
@@ -133,6 +135,7 @@ class TemporalEngine(EngineBase):
         )
         self.connect_timeout = connect_timeout
         self.rpc_timeout = rpc_timeout
+        self.max_payload_bytes = max_payload_bytes
         self._loop = _LoopThread(f"jobkit-temporal-{address}")
         self._client: Client | None = None
         self._connecting: asyncio.Lock | None = None
@@ -145,6 +148,7 @@ class TemporalEngine(EngineBase):
             settings.temporal_namespace,
             task_queue_prefix=settings.temporal_task_queue_prefix,
             sleep_threshold=settings.sleep_threshold,
+            max_payload_bytes=settings.max_payload_bytes,
         )
 
     def task_queue(self, queue: str) -> str:
@@ -260,6 +264,7 @@ class TemporalEngine(EngineBase):
             scheduled_for=None if delay is None else due,
             sleep_threshold=self.sleep_threshold,
             step_heartbeat_timeout=self.step_heartbeat_timeout,
+            max_payload_bytes=self.max_payload_bytes,
         )
         try:
             await client.start_workflow(

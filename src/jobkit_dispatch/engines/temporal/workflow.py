@@ -22,7 +22,6 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
-from jobkit.errors import StepError
 from jobkit.queues import default_queues
 from jobkit_dispatch.engines.temporal._model import (
     ACQUIRE_SLOT,
@@ -34,25 +33,17 @@ from jobkit_dispatch.engines.temporal._model import (
     ProgressState,
 )
 from jobkit_dispatch.engines.temporal._slots import pool_for
-from jobkit_dispatch.engines.temporal._steps import from_activity_error, step_ref
-from jobkit_engine import (
+from jobkit_dispatch.engines.temporal._steps import from_activity_error
+from jobkit_engine import JobContext, JobDefinition, JobStatus, Progress, default_registry
+from jobkit_engine.runtime import (
     DictStepMemo,
-    JobContext,
-    JobDefinition,
-    JobStatus,
+    Finish,
     MemoSteps,
-    Progress,
-    default_registry,
-)
-from jobkit_engine._codec import from_json_for, to_json
-from jobkit_engine._context import _WAKE_AT, MISSING
-from jobkit_engine._execution import (
-    Failed,
-    Outcome,
-    Succeeded,
+    RunAgain,
     attempt_deadline,
     attempt_timeout,
     execute_job,
+    settle,
 )
 
 ENGINE = "temporal"
@@ -81,39 +72,37 @@ class _WorkflowClock:
             await workflow.sleep(remaining)
 
 
-class _WorkflowSteps(MemoSteps):
-    """`ctx.step` in a workflow: steps are activities, sleeps durable timers.
+class _ActivitySteps:
+    """Where a step function runs in a workflow: an activity named after the function.
 
-    Step results live in the workflow (`JobWorkflow._results`), shared by all attempts.
+    Everything else about a step — its rules, its memo (`JobWorkflow._results`, shared by
+    all attempts and rebuilt from history on replay), sleeps — is `MemoSteps`, as on
+    every engine.
     """
 
     def __init__(self, job: JobWorkflow, definition: JobDefinition[Any, Any]) -> None:
-        super().__init__(DictStepMemo(job._results), _WorkflowClock(), job._sleep_threshold)
         self._job = job
         self._timeout = attempt_timeout(definition, default_queues)
 
-    async def run(self, step_id: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        self._claim(step_id)
-        stored = self._memo.get(step_id)
-        if stored is MISSING:
-            stored = await self._execute(step_id, fn, args, kwargs)
-            await self._memo.save(step_id, stored)
-        return from_json_for(fn, stored)
+    def steps(self) -> MemoSteps:
+        job = self._job
+        return MemoSteps(
+            DictStepMemo(job._results),
+            _WorkflowClock(),
+            job._sleep_threshold,
+            max_bytes=job._max_bytes,
+            run_step=self.run,
+            suspend=job.sleep_durably,
+            before_step=_refuse_if_cancelled,
+        )
 
-    async def _execute(
-        self, step_id: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    async def run(
+        self, step_id: str, ref: str, fn: Callable[..., Any], call: dict[str, Any]
     ) -> Any:
-        ref = step_ref(step_id, fn)
-        try:
-            call = to_json({"args": list(args), "kwargs": kwargs})
-        except TypeError as exc:
-            raise StepError(
-                f"step {step_id!r}: the arguments of {ref} are not JSON: {exc}"
-            ) from None
         try:
             return await workflow.execute_activity(
                 ref,
-                call,
+                {**call, "max_bytes": self._job._max_bytes},
                 activity_id=step_id,
                 summary=step_id,
                 start_to_close_timeout=self._budget(),
@@ -133,23 +122,12 @@ class _WorkflowSteps(MemoSteps):
         left = when - asyncio.get_running_loop().time()
         return max(timedelta(seconds=left), timedelta(seconds=1))
 
-    async def _sleep(self, step_id: str, first_wake_at: Callable[[], datetime]) -> None:
-        # As on other engines, the wake time is fixed when the sleep is first reached, so
-        # a later attempt does not sleep again.
-        self._claim(step_id)
-        stored = self._memo.get(step_id)
-        if isinstance(stored, dict) and _WAKE_AT in stored:
-            wake_at = datetime.fromisoformat(stored[_WAKE_AT])
-        else:
-            wake_at = first_wake_at()
-            await self._memo.save(step_id, {_WAKE_AT: wake_at.isoformat()})
-        remaining = wake_at - workflow.now()
-        if remaining <= timedelta(0):
-            return
-        if remaining < self._threshold:
-            await workflow.sleep(remaining, summary=step_id)
-            return
-        await self._job.sleep_durably(step_id, wake_at, remaining)
+
+async def _refuse_if_cancelled(step_id: str) -> None:
+    """No step starts once the job was cancelled, even in a handler that swallowed the
+    interruption."""
+    if workflow.cancellation_reason() is not None:
+        raise asyncio.CancelledError()
 
 
 @workflow.defn(name=WORKFLOW_NAME)
@@ -166,6 +144,7 @@ class JobWorkflow:
             else timedelta(seconds=job.step_heartbeat_timeout)
         )
         self._results: dict[str, Any] = {}
+        self._max_bytes = job.max_payload_bytes
         self._dirty = False
         self._lease = 0.0  # seconds a slot is held at most: the attempt's timeout
         self._slot: str | None = None
@@ -215,40 +194,59 @@ class JobWorkflow:
             )
             try:
                 outcome = await execute_job(
-                    job.job_name, job.payload, attempt, self._context_factory(attempt)
+                    job.job_name,
+                    job.payload,
+                    attempt,
+                    self._context_factory(attempt),
+                    max_bytes=self._max_bytes,
+                    rng=workflow.random(),
                 )
             finally:
                 self._release_slot()
-            if workflow.cancellation_reason() is not None:
-                raise asyncio.CancelledError()  # the handler swallowed it; the job is cancelled
-            if isinstance(outcome, Succeeded):
-                # get_job reads success, its time and the result from the closed workflow:
-                # the memo changes only if something else did in this activation.
-                self._flush()
-                return outcome.result
-            await self._after_failure(outcome)
+            decision = settle(
+                outcome,
+                now=workflow.now(),
+                cancel_requested=workflow.cancellation_reason() is not None,
+            )
+            if isinstance(decision, Finish):
+                return self._finish(decision)
+            if decision.resume:
+                attempt -= 1  # the next execution continues this attempt
+            await self._wait_to_run_again(decision)
 
-    async def _after_failure(self, outcome: Outcome) -> None:
-        """Fail the job for good, or wait out the backoff before the next attempt."""
-        if not isinstance(outcome, Failed):  # Suspended: these steps never suspend
-            raise RuntimeError(f"unexpected outcome {outcome!r}")
-        error = ErrorState.of(outcome.error)
-        if outcome.retry_in is None:
-            self._set(status=JobStatus.FAILED, error=error)
+    def _finish(self, decision: Finish) -> Any:
+        """End the workflow as the job ends: its result, a failure, or cancelled."""
+        if decision.status == JobStatus.CANCELLED:
+            raise asyncio.CancelledError()  # the workflow ends cancelled
+        if decision.status == JobStatus.SUCCEEDED:
+            # get_job reads success, its time and the result from the closed workflow:
+            # the memo changes only if something else did in this activation.
             self._flush()
-            raise ApplicationError(outcome.error.message, type=error.type, non_retryable=True)
-        workflow.logger.info(
-            "job %s attempt %d failed (%s); retry in %s",
-            workflow.info().workflow_id,
-            self._state.attempts,
-            error.type,
-            outcome.retry_in,
-        )
+            return decision.result
+        assert decision.error is not None
+        error = ErrorState.of(decision.error)
+        self._set(status=JobStatus.FAILED, error=error)
+        self._flush()
+        raise ApplicationError(decision.error.message, type=error.type, non_retryable=True)
+
+    async def _wait_to_run_again(self, decision: RunAgain) -> None:
+        """Wait, on a durable timer, until the next execution is due."""
+        if decision.error is not None:
+            workflow.logger.info(
+                "job %s attempt %d failed (%s); retry at %s",
+                workflow.info().workflow_id,
+                self._state.attempts,
+                decision.error.type,
+                decision.at,
+            )
         self._set(
-            status=JobStatus.SCHEDULED, error=error, scheduled_for=workflow.now() + outcome.retry_in
+            status=decision.status,
+            scheduled_for=decision.at,
+            **({} if decision.error is None else {"error": ErrorState.of(decision.error)}),
         )
-        if outcome.retry_in > timedelta(0):
-            await workflow.sleep(outcome.retry_in, summary="retry backoff")
+        remaining = None if decision.at is None else decision.at - workflow.now()
+        if remaining is not None and remaining > timedelta(0):
+            await workflow.sleep(remaining, summary="retry backoff")
 
     def _context_factory(self, attempt: int) -> Callable[[JobDefinition[Any, Any]], JobContext]:
         def make_context(definition: JobDefinition[Any, Any]) -> JobContext:
@@ -257,13 +255,13 @@ class JobWorkflow:
                 job_name=definition.name,
                 attempt=attempt,
                 engine=ENGINE,
-                step=_WorkflowSteps(self, definition),
+                step=_ActivitySteps(self, definition).steps(),
                 progress_sink=self._set_progress,
             )
 
         return make_context
 
-    async def sleep_durably(self, step_id: str, wake_at: datetime, remaining: timedelta) -> None:
+    async def sleep_durably(self, step_id: str, wake_at: datetime) -> None:
         """A long sleep: give the slot back, wait on a timer, take a slot again.
 
         The time asleep does not count against the attempt's timeout, as on engines where a
@@ -277,7 +275,7 @@ class JobWorkflow:
             deadline.reschedule(None)
         self._release_slot()
         self._set(status=JobStatus.SLEEPING, scheduled_for=wake_at)
-        await workflow.sleep(remaining, summary=step_id)
+        await workflow.sleep(wake_at - workflow.now(), summary=step_id)
         await self._acquire_slot()
         self._set(status=JobStatus.RUNNING, scheduled_for=None, started_at=workflow.now())
         if deadline is not None and left is not None:

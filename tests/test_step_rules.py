@@ -1,0 +1,136 @@
+"""The step rules in shared code, unit by unit (the conformance suite asserts them on
+every engine)."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from jobkit.errors import PayloadTooLargeError, StepError
+from jobkit_engine.runtime import (
+    decode_exception,
+    encode,
+    encode_exception,
+    json_size,
+    step_ref,
+)
+
+
+def plain(x: int) -> int:
+    return x
+
+
+def _decorated(fn):  # type: ignore[no-untyped-def]
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _undecorated(x: int) -> int:
+    return x
+
+
+hidden = _decorated(_undecorated)  # its qualname says "_decorated.<locals>.wrapper"
+
+
+class Steps:
+    @staticmethod
+    def static(x: int) -> int:
+        return x
+
+    @classmethod
+    def klass(cls, x: int) -> int:
+        return x
+
+
+def test_importable_functions_are_accepted() -> None:
+    assert step_ref("s", plain) == f"{__name__}:plain"
+    assert step_ref("s", Steps.static) == f"{__name__}:Steps.static"
+    assert step_ref("s", Steps.klass) == f"{__name__}:Steps.klass"
+
+
+@pytest.mark.parametrize(
+    ("fn", "why"),
+    [
+        (lambda: 1, "no import path"),
+        (functools.partial(plain, 1), "no import path"),
+        (hidden, "no import path"),
+        (len, "not a step function of the application"),
+        (functools.reduce, "not a step function of the application"),
+    ],
+)
+def test_functions_without_a_usable_import_path_are_refused(fn: object, why: str) -> None:
+    with pytest.raises(StepError, match=why):
+        step_ref("s", fn)  # type: ignore[arg-type]
+
+
+def test_a_function_shadowed_at_module_level_is_refused() -> None:
+    original = globals()["plain"]
+    try:
+        globals()["plain"] = lambda x: x
+        with pytest.raises(StepError, match="does not name this function"):
+            step_ref("s", original)
+    finally:
+        globals()["plain"] = original
+
+
+def test_json_size_counts_utf8_and_refuses_what_has_no_json() -> None:
+    assert json_size({"a": "é"}) == len('{"a":"é"}'.encode())
+    with pytest.raises(TypeError):
+        json_size("\udce9")
+    with pytest.raises(TypeError):
+        json_size(float("nan"))
+
+
+def test_encode_names_what_is_too_large() -> None:
+    with pytest.raises(PayloadTooLargeError, match=r"the result of step 's' is 12 bytes") as e:
+        encode("x" * 10, "the result of step 's'", 11)
+    assert (e.value.size, e.value.limit) == (12, 11)
+
+
+class Quota(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.handle = object()
+
+
+def test_exceptions_round_trip_with_their_class_and_json_attributes() -> None:
+    decoded = decode_exception(encode_exception(Quota("too many", 429)))
+    assert type(decoded) is Quota
+    assert (str(decoded), decoded.code, hasattr(decoded, "handle")) == ("too many", 429, False)
+    assert "Quota: too many" in str(decoded.__cause__)
+
+
+def test_a_class_that_cannot_be_imported_becomes_a_stand_in_of_the_same_name() -> None:
+    data = encode_exception(Quota("x", 1)) | {"module": "not_loaded_anywhere", "fatal": True}
+    decoded = decode_exception(data)
+    assert type(decoded).__name__ == "Quota"
+    from jobkit_engine.runtime import FatalStepFailedError
+
+    assert isinstance(decoded, FatalStepFailedError)
+
+
+def test_key_error_keeps_its_message_as_it_was() -> None:
+    decoded = decode_exception(encode_exception(KeyError("k")))
+    assert isinstance(decoded, KeyError)
+    assert str(decoded) == "'k'"
+
+
+def _logged(fn):  # type: ignore[no-untyped-def]
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_logged
+def wrapped(x: int) -> int:
+    return x
+
+
+def test_a_function_decorated_with_wraps_is_accepted() -> None:
+    assert step_ref("s", wrapped) == f"{__name__}:wrapped"
