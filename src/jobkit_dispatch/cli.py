@@ -122,7 +122,7 @@ def run_job(job_name: str, payload: str, timeout: float, modules: tuple[str, ...
 
 
 def _jsonable(value: Any) -> Any:
-    from jobkit_engine._codec import to_json
+    from jobkit_engine.runtime import to_json
 
     return to_json(value)
 
