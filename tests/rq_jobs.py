@@ -74,6 +74,20 @@ async def stubborn(ctx: JobContext, payload: Work) -> str:
     ctx.report_progress(0.5, "holding")  # the test cancels once this is visible
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.sleep(60)
-    await ctx.step.run("gate", wait_for_gate, payload.workdir, payload.gate)
+    await asyncio.sleep(60)  # not a step: only a second interruption ends this
     await ctx.step.run("finished", tally, payload.workdir, "finished")
     return "finished"
+
+
+@job("rqtest.swallows", queue="rq-messages", retry=1)
+async def swallows(ctx: JobContext, payload: Work) -> str:
+    """Swallows the cancellation, then goes straight on to a step, inside an `except
+    Exception` that must not catch the step's refusal."""
+    ctx.report_progress(0.5, "holding")  # the test cancels once this is visible
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.sleep(60)
+    try:
+        await ctx.step.run("after", tally, payload.workdir, "after")
+    except Exception:
+        return "swallowed"
+    return "after"

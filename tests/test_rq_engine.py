@@ -180,17 +180,41 @@ def test_a_second_signal_aborts_and_the_job_runs_again_later(
 def test_a_cancellation_the_handler_lost_is_delivered_again(
     engine: RQEngine, jobkit_redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    """The handler swallows the first cancellation (see `rq_jobs.stubborn`): the worker
-    interrupts it again on a heartbeat instead of letting it run to completion."""
+    """The handler swallows the first cancellation (see `rq_jobs.stubborn`) and waits on,
+    outside a step: the worker interrupts it again on a heartbeat instead of letting it
+    run to completion."""
     workdir = str(tmp_path)
     d = dispatch_job(rq_jobs.stubborn, {"workdir": workdir})
     with worker(jobkit_redis_server, "rq-messages", tmp_path):
         wait_for_job(d.job_id, lambda i: i.progress is not None)
         assert cancel_job(d.job_id) is True
         info = wait_for_job(d.job_id, timeout=5)
-        open_gate(workdir, "go")
     assert info.status == JobStatus.CANCELLED
     assert count(workdir, "finished") == 0
+
+
+def test_no_step_starts_after_a_cancel_returned_true(
+    engine: RQEngine, jobkit_redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The handler swallows the cancellation and goes on to a step at once, inside an
+    `except Exception` (see `rq_jobs.swallows`); no heartbeat comes to interrupt it again.
+    The step is refused before its function runs, and the job ends cancelled."""
+    workdir = str(tmp_path)
+    d = dispatch_job(rq_jobs.swallows, {"workdir": workdir})
+    process = WorkerProcess(
+        jobkit_redis_server.url,
+        ["rq-messages"],
+        ["tests.rq_jobs"],
+        env={"JOBKIT_WORKER_HEARTBEAT": "60"},
+        log_path=tmp_path / "worker.log",
+    )
+    with process:
+        wait_for_job(d.job_id, lambda i: i.progress is not None)
+        assert cancel_job(d.job_id) is True
+        info = wait_for_job(d.job_id, timeout=5)
+    assert (info.status, info.result) == (JobStatus.CANCELLED, None)
+    assert count(workdir, "after") == 0
+    assert "step 'after' does not start" in process.log_path.read_text()  # type: ignore[union-attr]
 
 
 async def test_a_job_cancelled_before_its_handler_starts_never_runs(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import timedelta
 
@@ -76,11 +77,14 @@ def test_cancel_in_each_state(engine: RQEngine, redis: fakeredis.FakeRedis) -> N
     assert redis.llen("rq:queue:default") == 1  # only `running`'s id was left in the list
     assert redis.zcard("rq:scheduled:default") == 0
     assert engine.get(queued.job_id).status == JobStatus.CANCELLED  # type: ignore[union-attr]
-    assert redis.hget(f"rq:job:{running.job_id}", "jk_cancel") == b"1"
+    accepted = float(redis.hget(f"rq:job:{running.job_id}", "jk_cancel"))
+    assert accepted == pytest.approx(time.time(), abs=5)  # when the cancel was accepted
     messages = [
         m for m in iter(lambda: pubsub.get_message(timeout=0.1), None) if m["type"] == "message"
     ]
     assert [m["data"] for m in messages] == [running.job_id.encode()]
+    assert engine.cancel(running.job_id) is True  # still running: the first time is kept
+    assert float(redis.hget(f"rq:job:{running.job_id}", "jk_cancel")) == accepted
     assert engine.cancel(queued.job_id) is False
     with pytest.raises(JobNotFoundError):
         engine.cancel("no-such-job")

@@ -19,6 +19,7 @@ running_key_prefix = "jobkit:running:"  # ZSET job id -> lease expiry (unix time
 cancel_channel = "jobkit:cancel"  # PUBLISH job id: a running job was cancelled
 
 step_field_prefix = "jk_step:"  # one field of the job hash per completed step
+step_began_prefix = "jk_began:"  # when each step function was last let start (Redis' clock)
 
 
 def job_key(job_id: str) -> str:

@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from jobkit.settings import JobkitSettings
 from jobkit_dispatch.engines.rq.worker import RQWorker
@@ -86,6 +87,12 @@ async def serve_queue(queue: str, settings: JobkitSettings, concurrency: int | N
     """Run one queue's worker in this event loop, with signal handling."""
     worker = RQWorker(queue, settings=settings, concurrency=concurrency)
     loop = asyncio.get_running_loop()
+    # A thread per job slot for synchronous step functions: with asyncio's default pool
+    # (min(32, CPUs + 4) threads) a step let start could wait behind other jobs' steps,
+    # and start long after a cancel that came meanwhile had returned True.
+    loop.set_default_executor(
+        ThreadPoolExecutor(max_workers=worker.concurrency, thread_name_prefix="jobkit-step")
+    )
     signals = 0
 
     def on_signal() -> None:

@@ -39,35 +39,54 @@ return redis.call('HGETALL', KEYS[1])
 """
 
 # KEYS: job, running, scheduled, queue, finished, failed, canceled.
-# ARGV: id, outcome, now, due-or-expiry, ttl, field, value, ...
-# Returns 0 when the lease was lost (the job was recovered elsewhere): nothing is written.
+# ARGV: id, outcome, now, due-or-expiry, ttl, cancelled ttl, rq end timestamp, field, value, ...
+# A cancel accepted while the job ran (`jk_cancel`) wins over whatever the attempt ended
+# with: the job ends canceled, and the outcome's fields (result, error) are not written.
+# Returns 0 when the lease was lost (the job was recovered elsewhere): nothing is written;
+# 2 when the cancel won over another outcome; 1 otherwise.
 FINISH = """
 if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
-local outcome = ARGV[2]
-local waiting = outcome == 'retry' or outcome == 'sleep' or outcome == 'requeue'
-if waiting and redis.call('HGET', KEYS[1], 'jk_cancel') then outcome = 'cancelled' end
-if #ARGV > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
+local outcome, ttl, reply = ARGV[2], ARGV[5], 1
+if redis.call('HGET', KEYS[1], 'jk_cancel') then
+  if outcome ~= 'cancelled' then outcome, reply = 'cancelled', 2 end
+  ttl = ARGV[6]
+elseif #ARGV > 7 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+end
 if outcome == 'retry' or outcome == 'sleep' then
   redis.call('HSET', KEYS[1], 'status', 'scheduled', 'jk_wait', outcome,
     'jk_scheduled_for', ARGV[4])
   if outcome == 'sleep' then redis.call('HSET', KEYS[1], 'jk_resume', '1') end
   redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
-  return 1
+  return reply
 end
 if outcome == 'requeue' then
   redis.call('HSET', KEYS[1], 'status', 'queued')
   redis.call('HINCRBY', KEYS[1], 'jk_attempts', -1)
   redis.call('LPUSH', KEYS[4], ARGV[1])
-  return 1
+  return reply
 end
 if outcome == 'succeeded' then redis.call('HDEL', KEYS[1], 'jk_error') end
 local status, registry = 'finished', KEYS[5]
 if outcome == 'failed' then status, registry = 'failed', KEYS[6] end
 if outcome == 'cancelled' then status, registry = 'canceled', KEYS[7] end
-redis.call('HSET', KEYS[1], 'status', status, 'jk_finished_at', ARGV[3])
+redis.call('HSET', KEYS[1], 'status', status, 'jk_finished_at', ARGV[3], 'ended_at', ARGV[7])
 redis.call('HDEL', KEYS[1], 'jk_scheduled_for', 'jk_wait', 'jk_resume')
-redis.call('ZADD', registry, ARGV[3] + ARGV[5], ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('ZADD', registry, ARGV[3] + ttl, ARGV[1])
+redis.call('EXPIRE', KEYS[1], ttl)
+return reply
+"""
+
+# KEYS: job. ARGV: the step's admission field (`jk_began:<step id>`).
+# Called right before a step function runs. 0: a cancel was accepted, the step must not
+# start; 1: it may, and its admission time (Redis' clock, as `jk_cancel`) is recorded.
+# The vanished hash of a deleted job is never recreated.
+BEGIN_STEP = """
+if redis.call('HGET', KEYS[1], 'jk_cancel') then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local now = redis.call('TIME')
+  redis.call('HSET', KEYS[1], ARGV[1], now[1] .. '.' .. string.format('%06d', now[2]))
+end
 return 1
 """
 
@@ -88,7 +107,8 @@ return {#ids, nxt[2] or false}
 """
 
 # KEYS: running, queue, failed, canceled. ARGV: now, job key prefix, error json, ttl.
-# Jobs whose lease expired (their worker died) are retried, or failed when out of attempts.
+# Jobs whose lease expired (their worker died) are retried, or failed when out of attempts;
+# as in FINISH, a cancel accepted while the job ran wins (canceled, no error written).
 RECOVER = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
 local recovered = {}
@@ -97,16 +117,15 @@ for _, id in ipairs(ids) do
   if redis.call('ZREM', KEYS[1], id) == 1 and redis.call('HGET', key, 'status') == 'started' then
     local attempts = tonumber(redis.call('HGET', key, 'jk_attempts') or '1')
     local limit = tonumber(redis.call('HGET', key, 'jk_max_attempts') or '1')
-    redis.call('HSET', key, 'jk_error', ARGV[3])
     if redis.call('HGET', key, 'jk_cancel') then
       redis.call('HSET', key, 'status', 'canceled', 'jk_finished_at', ARGV[1])
       redis.call('ZADD', KEYS[4], ARGV[1] + ARGV[4], id)
       redis.call('EXPIRE', key, ARGV[4])
     elseif attempts < limit then
-      redis.call('HSET', key, 'status', 'queued')
+      redis.call('HSET', key, 'status', 'queued', 'jk_error', ARGV[3])
       redis.call('RPUSH', KEYS[2], id)
     else
-      redis.call('HSET', key, 'status', 'failed', 'jk_finished_at', ARGV[1])
+      redis.call('HSET', key, 'status', 'failed', 'jk_finished_at', ARGV[1], 'jk_error', ARGV[3])
       redis.call('ZADD', KEYS[3], ARGV[1] + ARGV[4], id)
       redis.call('EXPIRE', key, ARGV[4])
     end
@@ -133,6 +152,8 @@ return n
 
 # KEYS: job. ARGV: id, now, ttl, channel, queue key prefix, scheduled prefix, canceled prefix.
 # 1: cancelled now; 2: running, cancellation sent to its worker; 0: already finished; -1: unknown.
+# For a running job, `jk_cancel` keeps when the first cancel was accepted (Redis' clock):
+# from then on no step starts (BEGIN_STEP) and the job ends canceled (FINISH, RECOVER).
 CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
@@ -140,7 +161,8 @@ if status == 'finished' or status == 'failed' or status == 'canceled' or status 
   return 0
 end
 if status == 'started' then
-  redis.call('HSET', KEYS[1], 'jk_cancel', '1')
+  local now = redis.call('TIME')
+  redis.call('HSETNX', KEYS[1], 'jk_cancel', now[1] .. '.' .. string.format('%06d', now[2]))
   redis.call('PUBLISH', ARGV[4], ARGV[1])
   return 2
 end

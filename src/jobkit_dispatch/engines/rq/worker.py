@@ -35,7 +35,14 @@ from jobkit_dispatch.engines.rq.codec import (
     decode_claimed,
     encode_error,
 )
-from jobkit_dispatch.engines.rq.scripts import FINISH, PROMOTE, RECLAIM, RECOVER, START
+from jobkit_dispatch.engines.rq.scripts import (
+    BEGIN_STEP,
+    FINISH,
+    PROMOTE,
+    RECLAIM,
+    RECOVER,
+    START,
+)
 from jobkit_dispatch.engines.rq.state import ProgressWriter, RedisStepMemo
 from jobkit_engine import (
     JobContext,
@@ -117,6 +124,7 @@ class RQWorker:
         )
         self._start = self.redis.register_script(START)
         self._finish_script = self.redis.register_script(FINISH)
+        self._begin_step = self.redis.register_script(BEGIN_STEP)
         self._promote = self.redis.register_script(PROMOTE)
         self._recover = self.redis.register_script(RECOVER)
         self._reclaim = self.redis.register_script(RECLAIM)
@@ -341,7 +349,12 @@ class RQWorker:
                 attempt=claimed.attempt,
                 engine="rq",
                 progress_sink=progress.report,
-                step=MemoSteps(memo, self._clock, timedelta(seconds=self.settings.sleep_threshold)),
+                step=MemoSteps(
+                    memo,
+                    self._clock,
+                    timedelta(seconds=self.settings.sleep_threshold),
+                    before_step=lambda step_id: self._refuse_if_cancelled(job_id, job_key, step_id),
+                ),
             )
 
         outcome: Outcome | str
@@ -351,6 +364,21 @@ class RQWorker:
             outcome = await self._call_handler(job_id, claimed, make_context)
         await progress.flush()
         await self._retrying(lambda: self._finish(job_id, outcome))
+
+    async def _refuse_if_cancelled(self, job_id: str, job_key: str, step_id: str) -> None:
+        """Called right before a step function runs (never for a replayed step): one
+        round trip, BEGIN_STEP, which atomically refuses the step once a cancel was
+        accepted, and otherwise records when the step was let start. A refused step ends
+        the attempt cancelled through a `CancelledError`, which a handler's `except
+        Exception` does not catch; FINISH would record it cancelled in any case."""
+        field = keys.step_began_prefix + step_id
+        admitted = await self._retrying(lambda: self._begin_step(keys=[job_key], args=[field]))
+        if admitted is None:  # aborting while Redis is away: the job goes back to the queue
+            raise asyncio.CancelledError
+        if not admitted:
+            log.info("job %s: cancelled; step %r does not start", job_id, step_id)
+            self._cancelled[job_id] = time.monotonic()  # interrupted now, see `_cancel_local`
+            raise asyncio.CancelledError
 
     async def _call_handler(
         self, job_id: str, claimed: ClaimedJob, make_context: Callable[[Any], JobContext]
@@ -378,7 +406,7 @@ class RQWorker:
         now = time.time()
         kind, due, ttl, fields = self._describe(outcome, now)
         q = self.keys
-        args: list[Any] = [job_id, kind, now, due, ttl]
+        args: list[Any] = [job_id, kind, now, due, ttl, self.settings.failure_ttl, _rq_now()]
         for item in fields.items():
             args.extend(item)
         written = await self._finish_script(
@@ -395,6 +423,8 @@ class RQWorker:
         )
         if not written:
             log.warning("job %s: lease lost before it finished; it runs again elsewhere", job_id)
+        elif written == 2:
+            log.info("job %s: cancelled (the cancel came before it could end %s)", job_id, kind)
         else:
             log.debug("job %s: %s", job_id, kind)
 
@@ -403,18 +433,17 @@ class RQWorker:
     ) -> tuple[str, float, int, dict[str, Any]]:
         """(script outcome, due time, ttl, fields to write) for an execution's outcome."""
         s = self.settings
-        ended = {"ended_at": _rq_now()}
         match outcome:
             case Succeeded(result):
-                return "succeeded", 0, s.result_ttl, {**ended, "jk_result": json.dumps(result)}
+                return "succeeded", 0, s.result_ttl, {"jk_result": json.dumps(result)}
             case Suspended(wake_at):
                 return "sleep", wake_at.timestamp(), 0, {}
             case Failed(error, None):
-                return "failed", 0, s.failure_ttl, {**ended, "jk_error": encode_error(error)}
+                return "failed", 0, s.failure_ttl, {"jk_error": encode_error(error)}
             case Failed(error, retry_in):
                 return "retry", now + retry_in.total_seconds(), 0, {"jk_error": encode_error(error)}
             case "cancelled":
-                return "cancelled", 0, s.failure_ttl, ended
+                return "cancelled", 0, s.failure_ttl, {}
         return "requeue", 0, 0, {}
 
     # -- housekeeping ---------------------------------------------------------------------
