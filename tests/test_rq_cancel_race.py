@@ -11,7 +11,6 @@ import contextlib
 import random
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -149,9 +148,7 @@ def test_a_cancel_that_returned_true_wins_against_running_workers(
         for step, began in jobs[j].began.items()
         if jobs[j].cancel_accepted is None or began > jobs[j].cancel_accepted
     ]
-    accepted_after_true = [
-        j for j in true_at if (jobs[j].cancel_accepted or 0.0) > true_at[j]
-    ]
+    accepted_after_true = [j for j in true_at if (jobs[j].cancel_accepted or 0.0) > true_at[j]]
     ran_after_true = sorted(
         float(at) - true_at[j] for j, _, at in starts if j in true_at and float(at) > true_at[j]
     )

@@ -229,17 +229,18 @@ async def test_a_job_cancelled_before_its_handler_starts_never_runs(
     settings = JobkitSettings(redis_url=jobkit_redis_server.url, worker_heartbeat=60)
     rq_worker = RQWorker("rq-messages", settings=settings)
     heard = asyncio.Event()
-    cancel_local = rq_worker._cancel_local
+    cancel_local = rq_worker.cancels.cancel_local
 
     def hear(job_id: str) -> None:
         cancel_local(job_id)
         heard.set()
 
-    monkeypatch.setattr(rq_worker, "_cancel_local", hear)
+    monkeypatch.setattr(rq_worker.cancels, "cancel_local", hear)
     listening = _subscribers(client)
     running = asyncio.create_task(rq_worker.run())
     await asyncio.to_thread(_wait_for_subscribers, client, listening + 1)
-    start = rq_worker._start
+    assert rq_worker.link is not None
+    start = rq_worker.link.start
     request = JobRequest(
         uuid.uuid4().hex, rq_jobs.ok.name, {"workdir": str(tmp_path)}, "rq-messages"
     )
@@ -250,7 +251,7 @@ async def test_a_job_cancelled_before_its_handler_starts_never_runs(
         await heard.wait()
         return flat
 
-    monkeypatch.setattr(rq_worker, "_start", start_then_cancel)
+    monkeypatch.setattr(rq_worker.link, "start", start_then_cancel)
     assert engine.enqueue(request)
     try:
         info = await asyncio.to_thread(wait_for_job, request.job_id, timeout=5)

@@ -14,6 +14,7 @@ from typing import Any
 
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from rq.utils import utcformat
 
 from jobkit_dispatch.engines.base import JobRequest
 from jobkit_dispatch.engines.rq.keys import step_field_prefix
@@ -144,6 +145,11 @@ def decode_info(job_id: str, values: list[bytes | None], engine: str) -> JobInfo
         started_at=_time(f["jk_started_at"]),
         finished_at=_time(f["jk_finished_at"]),
     )
+
+
+def rq_now() -> str:
+    """Now, in the format of RQ's own timestamps (`started_at`, `ended_at`, heartbeats)."""
+    return utcformat(datetime.now(UTC).replace(tzinfo=None))
 
 
 def encode_error(error: JobError) -> str:

@@ -1,0 +1,214 @@
+"""Running one job a worker popped: start it, run its handler once, record the outcome.
+
+A job costs two scripts here, START and FINISH (besides the pop), plus one write per
+completed step and one check per step function run (BEGIN_STEP, see `cancel`). Its
+completed steps arrive with START's reply, so replaying them costs nothing. Both scripts
+are atomic against a cancel and against crash recovery by another worker, so a job is
+never run twice at once and its last word is never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import RedisError
+
+from jobkit.queues import QueueRegistry
+from jobkit.settings import JobkitSettings
+from jobkit_dispatch.engines.rq import keys
+from jobkit_dispatch.engines.rq.codec import (
+    ClaimedJob,
+    CorruptJobError,
+    decode_claimed,
+    encode_error,
+    rq_now,
+)
+from jobkit_dispatch.engines.rq.state import ProgressWriter, RedisStepMemo
+from jobkit_engine import (
+    Failed,
+    JobContext,
+    JobError,
+    JobRegistry,
+    MemoSteps,
+    Outcome,
+    Succeeded,
+    Suspended,
+    SystemClock,
+    execute_job,
+)
+
+if TYPE_CHECKING:
+    from jobkit_dispatch.engines.rq.cancel import Cancellations
+    from jobkit_dispatch.engines.rq.link import WorkerLink
+
+log = logging.getLogger("jobkit.worker")
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """The attempt ended because the job was cancelled while it ran here."""
+
+
+@dataclass(frozen=True)
+class Requeue:
+    """The attempt was interrupted by an abort: the job goes back to its queue, and the
+    attempt does not count."""
+
+
+Ending = Outcome | Cancelled | Requeue
+
+
+class Executor:
+    """Runs the jobs one worker popped, each in its own task."""
+
+    def __init__(
+        self,
+        link: WorkerLink,
+        cancels: Cancellations,
+        *,
+        lease: float,
+        registry: JobRegistry,
+        queues: QueueRegistry,
+    ) -> None:
+        self._link = link
+        self._cancels = cancels
+        self._lease = lease
+        self._registry = registry
+        self._queues = queues
+        self._clock = SystemClock()
+        self._sleep_threshold = timedelta(seconds=link.settings.sleep_threshold)
+
+    async def run_job(self, job_id: str) -> None:
+        """Start the popped job, run it once and record how it ended."""
+        try:
+            claimed = await self._start(job_id)
+            if claimed is not None:
+                await self._run(claimed)
+        finally:
+            self._cancels.forget(job_id)
+
+    async def _start(self, job_id: str) -> ClaimedJob | None:
+        """Take the job over from the claimed list: None when it is not ours to run."""
+        link = self._link
+        now = time.time()
+        try:
+            flat = await link.start(
+                keys=[keys.job_key(job_id), link.keys.claimed, link.keys.running],
+                args=[job_id, now, now + self._lease, link.name, rq_now()],
+            )
+        except (RedisError, OSError) as exc:  # the id stays claimed; housekeeping hands it back
+            log.warning("job %s: cannot start (%s)", job_id, exc)
+            return None
+        if not flat:
+            return None  # cancelled, or recovered elsewhere
+        try:
+            return decode_claimed(job_id, flat, link.redis)
+        except CorruptJobError as exc:
+            log.error("%s", exc)
+            await self.finish(job_id, Failed(JobError.from_exception(exc), None))
+            return None
+
+    async def _run(self, claimed: ClaimedJob) -> None:
+        link, job_id = self._link, claimed.job_id
+        job_key = keys.job_key(job_id)
+        memo = RedisStepMemo(link.redis, job_key, claimed.steps, link.retrying)
+        progress = ProgressWriter(link.redis, job_key)
+        steps = MemoSteps(
+            memo,
+            self._clock,
+            self._sleep_threshold,
+            before_step=self._cancels.step_gate(link, job_id, job_key),
+        )
+
+        def make_context(definition: Any) -> JobContext:
+            return JobContext(
+                job_id=job_id,
+                job_name=claimed.job_name,
+                attempt=claimed.attempt,
+                engine="rq",
+                progress_sink=progress.report,
+                step=steps,
+            )
+
+        ending: Ending
+        if job_id in self._cancels:  # cancelled after it started, before its handler did
+            ending = Cancelled()
+        else:
+            ending = await self._call_handler(claimed, make_context)
+        await progress.flush()
+        await link.retrying(lambda: self.finish(job_id, ending))
+
+    async def _call_handler(
+        self, claimed: ClaimedJob, make_context: Callable[[Any], JobContext]
+    ) -> Ending:
+        """One execution of the job's handler; only while it runs may it be interrupted."""
+        job_id = claimed.job_id
+        self._cancels.in_handler.add(job_id)
+        try:
+            return await execute_job(
+                claimed.job_name,
+                claimed.payload,
+                claimed.attempt,
+                make_context,
+                registry=self._registry,
+                queues=self._queues,
+            )
+        except asyncio.CancelledError:
+            return Cancelled() if job_id in self._cancels else Requeue()
+        except (RedisError, OSError) as exc:  # a step could not be saved: retry the attempt
+            return Failed(JobError.from_exception(exc), timedelta(seconds=1))
+        finally:
+            self._cancels.in_handler.discard(job_id)
+
+    async def finish(self, job_id: str, ending: Ending) -> None:
+        """Record how the attempt ended, if this worker still holds the job's lease; a
+        cancel accepted meanwhile wins over any ending (see FINISH)."""
+        q, settings = self._link.keys, self._link.settings
+        now = time.time()
+        kind, due, ttl, fields = describe(ending, now, settings)
+        args: list[Any] = [job_id, kind, now, due, ttl, settings.failure_ttl, rq_now()]
+        for item in fields.items():
+            args.extend(item)
+        written = await self._link.finish(
+            keys=[
+                keys.job_key(job_id),
+                q.running,
+                q.scheduled,
+                q.queue,
+                q.finished,
+                q.failed,
+                q.canceled,
+            ],
+            args=args,
+        )
+        if not written:
+            log.warning("job %s: lease lost before it finished; it runs again elsewhere", job_id)
+        elif written == 2:
+            log.info("job %s: cancelled (the cancel came before it could end %s)", job_id, kind)
+        else:
+            log.debug("job %s: %s", job_id, kind)
+
+
+def describe(
+    ending: Ending, now: float, settings: JobkitSettings
+) -> tuple[str, float, int, dict[str, Any]]:
+    """(FINISH's outcome, due time, ttl, fields to write) for how an attempt ended."""
+    match ending:
+        case Succeeded(result):
+            return "succeeded", 0, settings.result_ttl, {"jk_result": json.dumps(result)}
+        case Suspended(wake_at):
+            return "sleep", wake_at.timestamp(), 0, {}
+        case Failed(error, None):
+            return "failed", 0, settings.failure_ttl, {"jk_error": encode_error(error)}
+        case Failed(error, retry_in):
+            return "retry", now + retry_in.total_seconds(), 0, {"jk_error": encode_error(error)}
+        case Cancelled():
+            return "cancelled", 0, settings.failure_ttl, {}
+    return "requeue", 0, 0, {}
