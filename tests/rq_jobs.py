@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from datetime import timedelta
 
 from pydantic import BaseModel
 
 from jobkit.queues import QueueSpec, default_queues
-from jobkit_dispatch.conformance._files import tally, wait_for_gate
+from jobkit_dispatch.conformance._files import count, tally, wait_for_gate
 from jobkit_engine import JobContext, Retry, job
 
 for _name in ("rq-crash", "rq-shutdown", "rq-messages"):
     default_queues.register(QueueSpec(_name, concurrency=1, default_timeout=timedelta(seconds=60)))
+WIDE = 40  # more than asyncio's default thread pool ever has (32)
+default_queues.register(
+    QueueSpec("rq-wide", concurrency=WIDE, default_timeout=timedelta(seconds=60))
+)
 
 
 class Work(BaseModel):
@@ -91,3 +96,19 @@ async def swallows(ctx: JobContext, payload: Work) -> str:
     except Exception:
         return "swallowed"
     return "after"
+
+
+def meet(workdir: str, expected: int) -> bool:
+    """A synchronous step that waits until `expected` of its kind run at the same time."""
+    tally(workdir, "in")
+    deadline = time.monotonic() + 10
+    while count(workdir, "in") < expected:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@job("rqtest.meet", queue="rq-wide", retry=1)
+async def meet_all(ctx: JobContext, payload: Work) -> bool:
+    return await ctx.step.run("meet", meet, payload.workdir, WIDE)

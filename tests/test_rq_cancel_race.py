@@ -168,8 +168,8 @@ def test_a_cancel_that_returned_true_wins_against_running_workers(
         f"Cancelled with True but succeeded: {len(true_succeeded)}, not cancelled: "
         f"{len(true_not_cancelled)}; steps let start after the cancel was accepted: "
         f"{len(late_admissions)}; step functions that ran without being let start: "
-        f"{len(unadmitted)}; step functions whose first line ran after True returned "
-        f"(let start before the cancel): {len(ran_after_true)}, by at most "
+        f"{len(unadmitted)}; step functions whose first line ran after True returned: "
+        f"{len(ran_after_true)}, by at most "
         f"{max(ran_after_true, default=0) * 1000:.1f} ms; False for an unfinished job: "
         f"{len(false_unfinished)}"
     )

@@ -273,6 +273,18 @@ def _wait_for_subscribers(client: redis.Redis, wanted: int, timeout: float = 10)
         time.sleep(0.01)
 
 
+def test_every_job_slot_has_a_thread_for_its_synchronous_steps(
+    engine: RQEngine, jobkit_redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A step let start runs at once, not after other jobs' steps: otherwise it could
+    start long after a cancel of its job had returned True."""
+    workdir = str(tmp_path)
+    ids = [dispatch_job(rq_jobs.meet_all, {"workdir": workdir}).job_id for _ in range(rq_jobs.WIDE)]
+    with worker(jobkit_redis_server, "rq-wide", tmp_path):
+        infos = [wait_for_job(job_id, timeout=20) for job_id in ids]
+    assert [(i.status, i.result) for i in infos] == [(JobStatus.SUCCEEDED, True)] * rq_jobs.WIDE
+
+
 def test_a_dead_redis_fails_fast_with_a_clear_error() -> None:
     settings = JobkitSettings(redis_url=f"redis://:s3cret@127.0.0.1:{free_port()}/0")
     engine = RQEngine(get_redis(settings=settings), settings=settings)

@@ -2,23 +2,51 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import fakeredis
 import pytest
 
 from jobkit import JobkitSettings
 from jobkit.errors import JobNotFoundError
+from jobkit.queues import default_queues
 from jobkit_dispatch.engines import JobRequest
-from jobkit_dispatch.engines.rq import RQEngine
-from jobkit_engine import JobStatus
+from jobkit_dispatch.engines.rq import RQEngine, keys
+from jobkit_dispatch.engines.rq.cancel import Cancellations
+from jobkit_dispatch.engines.rq.execute import Ending, Executor, Requeue
+from jobkit_dispatch.engines.rq.link import WorkerLink
+from jobkit_engine import (
+    DictStepMemo,
+    Failed,
+    JobError,
+    JobRegistry,
+    JobStatus,
+    ManualClock,
+    MemoSteps,
+    Succeeded,
+    Suspended,
+)
 
 
 @pytest.fixture
-def redis() -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis()
+def server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+def redis(server: fakeredis.FakeServer) -> fakeredis.FakeRedis:
+    return fakeredis.FakeRedis(server=server)
+
+
+@pytest.fixture
+def link(server: fakeredis.FakeServer) -> WorkerLink:
+    """A worker's side of the same fake Redis."""
+    client = fakeredis.FakeAsyncRedis(server=server)
+    return WorkerLink("w1", keys.QueueKeys("default"), JobkitSettings(), client)
 
 
 @pytest.fixture
@@ -92,3 +120,111 @@ def test_cancel_in_each_state(engine: RQEngine, redis: fakeredis.FakeRedis) -> N
 
 def test_unknown_id_reads_as_none(engine: RQEngine) -> None:
     assert engine.get("no-such-job") is None
+
+
+async def _started(engine: RQEngine, link: WorkerLink) -> str:
+    """A job a worker popped and started, as START leaves it."""
+    r = request()
+    engine.enqueue(r)
+    q = link.keys
+    await link.redis.lmove(q.queue, q.claimed)
+    now = time.time()
+    flat = await link.start(
+        keys=[keys.job_key(r.job_id), q.claimed, q.running],
+        args=[r.job_id, now, now + 60, link.name, "2026-01-01T00:00:00.000000Z"],
+    )
+    assert flat
+    return r.job_id
+
+
+def _executor(link: WorkerLink) -> Executor:
+    cancels = Cancellations({}, heartbeat=5)
+    return Executor(link, cancels, lease=60, registry=JobRegistry(), queues=default_queues)
+
+
+_ERROR = JobError("ValueError", "boom")
+ENDINGS: dict[str, Ending] = {
+    "succeeded": Succeeded("the result"),
+    "failed": Failed(_ERROR, None),
+    "retry": Failed(_ERROR, timedelta(seconds=30)),
+    "sleep": Suspended(datetime(2100, 1, 1, tzinfo=UTC)),
+    "requeue": Requeue(),
+}
+
+
+@pytest.mark.parametrize("ending", ENDINGS.values(), ids=ENDINGS.keys())
+async def test_a_cancel_accepted_while_running_wins_over_every_ending(
+    engine: RQEngine, redis: fakeredis.FakeRedis, link: WorkerLink, ending: Ending
+) -> None:
+    job_id = await _started(engine, link)
+    assert engine.cancel(job_id) is True  # running: only flagged
+    await _executor(link).finish(job_id, ending)
+    info = engine.get(job_id)
+    assert info is not None
+    assert (info.status, info.result, info.error) == (JobStatus.CANCELLED, None, None)
+    assert redis.hget(keys.job_key(job_id), "jk_result") is None
+    q = link.keys
+    assert redis.zscore(q.canceled, job_id) is not None
+    for elsewhere in (q.finished, q.failed, q.scheduled, q.running):
+        assert redis.zscore(elsewhere, job_id) is None
+    assert redis.lrange(q.queue, 0, -1) == []
+    assert redis.ttl(keys.job_key(job_id)) == pytest.approx(JobkitSettings().failure_ttl, abs=5)
+
+
+async def test_without_a_cancel_the_ending_is_recorded(engine: RQEngine, link: WorkerLink) -> None:
+    job_id = await _started(engine, link)
+    await _executor(link).finish(job_id, ENDINGS["succeeded"])
+    info = engine.get(job_id)
+    assert info is not None
+    assert (info.status, info.result) == (JobStatus.SUCCEEDED, "the result")
+    assert engine.cancel(job_id) is False  # it had already finished
+
+
+async def test_no_step_function_runs_once_a_cancel_was_accepted(
+    engine: RQEngine, redis: fakeredis.FakeRedis, link: WorkerLink
+) -> None:
+    job_id = await _started(engine, link)
+    cancels = Cancellations({}, heartbeat=5)
+    ran: list[str] = []
+
+    def step(name: str) -> str:
+        ran.append(name)
+        return name
+
+    memo = DictStepMemo({"done": "replayed"})
+    steps = MemoSteps(
+        memo,
+        ManualClock(),
+        timedelta(seconds=5),
+        before_step=cancels.step_gate(link, job_id, keys.job_key(job_id)),
+    )
+    assert await steps.run("before", step, "before") == "before"
+    assert engine.cancel(job_id) is True
+    assert await steps.run("done", step, "done") == "replayed"  # a replay starts nothing
+    with pytest.raises(asyncio.CancelledError):
+        await steps.run("after", step, "after")
+    assert ran == ["before"]
+    assert job_id in cancels  # so the worker ends the attempt cancelled, not requeued
+    began = {
+        k.decode().removeprefix(keys.step_began_prefix)
+        for k in redis.hkeys(keys.job_key(job_id))
+        if k.decode().startswith(keys.step_began_prefix)
+    }
+    assert began == {"before"}
+
+
+async def test_recovery_of_a_cancelled_job_ends_it_cancelled(
+    engine: RQEngine, redis: fakeredis.FakeRedis, link: WorkerLink
+) -> None:
+    job_id = await _started(engine, link)
+    assert engine.cancel(job_id) is True
+    q = link.keys
+    redis.zadd(q.running, {job_id: time.time() - 1})  # its worker died: the lease ran out
+    recovered = await link.recover(
+        keys=[q.running, q.queue, q.failed, q.canceled],
+        args=[time.time(), keys.job_key_prefix, '{"type": "AbandonedJobError"}', 60],
+    )
+    assert recovered == [job_id.encode()]
+    info: Any = engine.get(job_id)
+    assert (info.status, info.error) == (JobStatus.CANCELLED, None)
+    assert redis.lrange(q.queue, 0, -1) == []
