@@ -17,16 +17,15 @@ from jobkit.queues import default_queues
 from jobkit_dispatch.engines import JobRequest
 from jobkit_dispatch.engines.rq import RQEngine, keys
 from jobkit_dispatch.engines.rq.cancel import Cancellations
-from jobkit_dispatch.engines.rq.execute import Ending, Executor, Requeue
+from jobkit_dispatch.engines.rq.execute import Executor
 from jobkit_dispatch.engines.rq.link import WorkerLink
-from jobkit_engine import (
+from jobkit_engine import JobError, JobRegistry, JobStatus, ManualClock
+from jobkit_engine.runtime import (
     DictStepMemo,
     Failed,
-    JobError,
-    JobRegistry,
-    JobStatus,
-    ManualClock,
+    Interrupted,
     MemoSteps,
+    Outcome,
     Succeeded,
     Suspended,
 )
@@ -143,22 +142,24 @@ def _executor(link: WorkerLink) -> Executor:
 
 
 _ERROR = JobError("ValueError", "boom")
-ENDINGS: dict[str, Ending] = {
+OUTCOMES: dict[str, Outcome] = {
     "succeeded": Succeeded("the result"),
     "failed": Failed(_ERROR, None),
     "retry": Failed(_ERROR, timedelta(seconds=30)),
     "sleep": Suspended(datetime(2100, 1, 1, tzinfo=UTC)),
-    "requeue": Requeue(),
+    "interrupted": Interrupted(),
 }
 
 
-@pytest.mark.parametrize("ending", ENDINGS.values(), ids=ENDINGS.keys())
-async def test_a_cancel_accepted_while_running_wins_over_every_ending(
-    engine: RQEngine, redis: fakeredis.FakeRedis, link: WorkerLink, ending: Ending
+@pytest.mark.parametrize("outcome", OUTCOMES.values(), ids=OUTCOMES.keys())
+async def test_a_cancel_accepted_while_running_wins_over_every_outcome(
+    engine: RQEngine, redis: fakeredis.FakeRedis, link: WorkerLink, outcome: Outcome
 ) -> None:
+    """The worker has not heard of the cancel (its `settle` sees no cancel): FINISH, the
+    atomic write, still lets the cancel win."""
     job_id = await _started(engine, link)
     assert engine.cancel(job_id) is True  # running: only flagged
-    await _executor(link).finish(job_id, ending)
+    await _executor(link).finish(job_id, outcome)
     info = engine.get(job_id)
     assert info is not None
     assert (info.status, info.result, info.error) == (JobStatus.CANCELLED, None, None)
@@ -173,11 +174,19 @@ async def test_a_cancel_accepted_while_running_wins_over_every_ending(
 
 async def test_without_a_cancel_the_ending_is_recorded(engine: RQEngine, link: WorkerLink) -> None:
     job_id = await _started(engine, link)
-    await _executor(link).finish(job_id, ENDINGS["succeeded"])
+    await _executor(link).finish(job_id, OUTCOMES["succeeded"])
     info = engine.get(job_id)
     assert info is not None
     assert (info.status, info.result) == (JobStatus.SUCCEEDED, "the result")
     assert engine.cancel(job_id) is False  # it had already finished
+
+
+RAN: list[str] = []
+
+
+def step(name: str) -> str:
+    RAN.append(name)
+    return name
 
 
 async def test_no_step_function_runs_once_a_cancel_was_accepted(
@@ -185,12 +194,7 @@ async def test_no_step_function_runs_once_a_cancel_was_accepted(
 ) -> None:
     job_id = await _started(engine, link)
     cancels = Cancellations({}, heartbeat=5)
-    ran: list[str] = []
-
-    def step(name: str) -> str:
-        ran.append(name)
-        return name
-
+    RAN.clear()
     memo = DictStepMemo({"done": "replayed"})
     steps = MemoSteps(
         memo,
@@ -203,7 +207,7 @@ async def test_no_step_function_runs_once_a_cancel_was_accepted(
     assert await steps.run("done", step, "done") == "replayed"  # a replay starts nothing
     with pytest.raises(asyncio.CancelledError):
         await steps.run("after", step, "after")
-    assert ran == ["before"]
+    assert RAN == ["before"]
     assert job_id in cancels  # so the worker ends the attempt cancelled, not requeued
     began = {
         k.decode().removeprefix(keys.step_began_prefix)

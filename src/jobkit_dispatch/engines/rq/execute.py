@@ -1,10 +1,11 @@
-"""Running one job a worker popped: start it, run its handler once, record the outcome.
+"""Running one job a worker popped: start it, run its handler once, store the outcome.
 
 A job costs two scripts here, START and FINISH (besides the pop), plus one write per
 completed step and one check per step function run (BEGIN_STEP, see `cancel`). Its
-completed steps arrive with START's reply, so replaying them costs nothing. Both scripts
-are atomic against a cancel and against crash recovery by another worker, so a job is
-never run twice at once and its last word is never lost.
+completed steps arrive with START's reply, so replaying them costs nothing. What an
+outcome means (retry, resume, cancel, fail) is decided by the lifecycle core, `settle`;
+FINISH only stores it, atomically against a cancel and against crash recovery by another
+worker, so a job is never run twice at once and its last word is never lost.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
@@ -31,17 +31,18 @@ from jobkit_dispatch.engines.rq.codec import (
     rq_now,
 )
 from jobkit_dispatch.engines.rq.state import ProgressWriter, RedisStepMemo
-from jobkit_engine import (
+from jobkit_engine import JobContext, JobError, JobRegistry, JobStatus, SystemClock
+from jobkit_engine.runtime import (
+    Cancelled,
+    Decision,
     Failed,
-    JobContext,
-    JobError,
-    JobRegistry,
+    Finish,
+    Interrupted,
     MemoSteps,
     Outcome,
-    Succeeded,
-    Suspended,
-    SystemClock,
+    RunAgain,
     execute_job,
+    settle,
 )
 
 if TYPE_CHECKING:
@@ -49,20 +50,6 @@ if TYPE_CHECKING:
     from jobkit_dispatch.engines.rq.link import WorkerLink
 
 log = logging.getLogger("jobkit.worker")
-
-
-@dataclass(frozen=True)
-class Cancelled:
-    """The attempt ended because the job was cancelled while it ran here."""
-
-
-@dataclass(frozen=True)
-class Requeue:
-    """The attempt was interrupted by an abort: the job goes back to its queue, and the
-    attempt does not count."""
-
-
-Ending = Outcome | Cancelled | Requeue
 
 
 class Executor:
@@ -84,6 +71,7 @@ class Executor:
         self._queues = queues
         self._clock = SystemClock()
         self._sleep_threshold = timedelta(seconds=link.settings.sleep_threshold)
+        self._max_bytes = link.settings.max_payload_bytes
 
     async def run_job(self, job_id: str) -> None:
         """Start the popped job, run it once and record how it ended."""
@@ -124,6 +112,7 @@ class Executor:
             memo,
             self._clock,
             self._sleep_threshold,
+            max_bytes=self._max_bytes,
             before_step=self._cancels.step_gate(link, job_id, job_key),
         )
 
@@ -137,17 +126,17 @@ class Executor:
                 step=steps,
             )
 
-        ending: Ending
+        outcome: Outcome
         if job_id in self._cancels:  # cancelled after it started, before its handler did
-            ending = Cancelled()
+            outcome = Cancelled()
         else:
-            ending = await self._call_handler(claimed, make_context)
+            outcome = await self._call_handler(claimed, make_context)
         await progress.flush()
-        await link.retrying(lambda: self.finish(job_id, ending))
+        await link.retrying(lambda: self.finish(job_id, outcome))
 
     async def _call_handler(
         self, claimed: ClaimedJob, make_context: Callable[[Any], JobContext]
-    ) -> Ending:
+    ) -> Outcome:
         """One execution of the job's handler; only while it runs may it be interrupted."""
         job_id = claimed.job_id
         self._cancels.in_handler.add(job_id)
@@ -159,20 +148,27 @@ class Executor:
                 make_context,
                 registry=self._registry,
                 queues=self._queues,
+                max_bytes=self._max_bytes,
             )
         except asyncio.CancelledError:
-            return Cancelled() if job_id in self._cancels else Requeue()
+            return Cancelled() if job_id in self._cancels else Interrupted()
         except (RedisError, OSError) as exc:  # a step could not be saved: retry the attempt
             return Failed(JobError.from_exception(exc), timedelta(seconds=1))
         finally:
             self._cancels.in_handler.discard(job_id)
 
-    async def finish(self, job_id: str, ending: Ending) -> None:
-        """Record how the attempt ended, if this worker still holds the job's lease; a
-        cancel accepted meanwhile wins over any ending (see FINISH)."""
+    async def finish(self, job_id: str, outcome: Outcome) -> None:
+        """Store what `settle` decides for the attempt's outcome, if this worker still
+        holds the job's lease. FINISH applies settle's first rule again, atomically: a
+        cancel accepted after this worker last looked still wins."""
         q, settings = self._link.keys, self._link.settings
         now = time.time()
-        kind, due, ttl, fields = describe(ending, now, settings)
+        decision = settle(
+            outcome,
+            now=datetime.fromtimestamp(now, UTC),
+            cancel_requested=job_id in self._cancels,
+        )
+        kind, due, ttl, fields = stored(decision, settings)
         args: list[Any] = [job_id, kind, now, due, ttl, settings.failure_ttl, rq_now()]
         for item in fields.items():
             args.extend(item)
@@ -196,19 +192,22 @@ class Executor:
             log.debug("job %s: %s", job_id, kind)
 
 
-def describe(
-    ending: Ending, now: float, settings: JobkitSettings
-) -> tuple[str, float, int, dict[str, Any]]:
-    """(FINISH's outcome, due time, ttl, fields to write) for how an attempt ended."""
-    match ending:
-        case Succeeded(result):
+def stored(decision: Decision, settings: JobkitSettings) -> tuple[str, float, int, dict[str, Any]]:
+    """How FINISH stores a decision: (its outcome name, due time, ttl, fields to write)."""
+    match decision:
+        case Finish(status=JobStatus.SUCCEEDED, result=result):
             return "succeeded", 0, settings.result_ttl, {"jk_result": json.dumps(result)}
-        case Suspended(wake_at):
-            return "sleep", wake_at.timestamp(), 0, {}
-        case Failed(error, None):
-            return "failed", 0, settings.failure_ttl, {"jk_error": encode_error(error)}
-        case Failed(error, retry_in):
-            return "retry", now + retry_in.total_seconds(), 0, {"jk_error": encode_error(error)}
-        case Cancelled():
+        case Finish(status=JobStatus.FAILED, error=error):
+            return "failed", 0, settings.failure_ttl, _error_field(error)
+        case Finish():
             return "cancelled", 0, settings.failure_ttl, {}
-    return "requeue", 0, 0, {}
+        case RunAgain(at=None):
+            return "requeue", 0, 0, {}
+        case RunAgain(status=status, at=at, error=error) if at is not None:
+            kind = "sleep" if status == JobStatus.SLEEPING else "retry"
+            return kind, at.timestamp(), 0, _error_field(error)
+    raise TypeError(f"not a decision FINISH can store: {decision!r}")
+
+
+def _error_field(error: JobError | None) -> dict[str, Any]:
+    return {} if error is None else {"jk_error": encode_error(error)}

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from jobkit_dispatch.engines.rq.keys import step_field_prefix
 from jobkit_engine import Progress
-from jobkit_engine._context import MISSING
+from jobkit_engine.runtime import MISSING
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
