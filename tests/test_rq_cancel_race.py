@@ -1,8 +1,14 @@
 """`cancel_job` on RQ tells the truth under a race: thousands of jobs run by two real
 `jobkit worker` processes while two threads cancel them.
 
-True must mean the job ends cancelled and no step of it starts after True was returned;
-False must mean it had already finished; and every job ends in a terminal state.
+True must mean the job ends cancelled and no step of it starts after the cancel: each
+step is let start by an atomic check in Redis (BEGIN_STEP), which records when, and none
+may be let start after the cancel was accepted (so none after True was returned). False
+must mean the job had already finished, and every job ends in a terminal state.
+
+Each step function also notes, as its first act, when it began: a step let start just
+before the cancel may begin a moment after True came back (the worker had yet to read the
+check's answer). The test prints how many did so, and by how much, beside its counts.
 """
 
 from __future__ import annotations
@@ -131,6 +137,7 @@ def test_a_cancel_that_returned_true_wins_against_running_workers(
     elapsed = time.monotonic() - started
 
     jobs = _read_jobs(client, ids)
+    client.close()
     starts = [line.split() for line in Path(workdir, "starts").read_text().splitlines()]
     effects = Path(workdir, "effects").read_text().splitlines()
     true_at, false_at = cancels.true_at, cancels.false_at

@@ -87,11 +87,13 @@ async def serve_queue(queue: str, settings: JobkitSettings, concurrency: int | N
     """Run one queue's worker in this event loop, with signal handling."""
     worker = RQWorker(queue, settings=settings, concurrency=concurrency)
     loop = asyncio.get_running_loop()
-    # A thread per job slot for synchronous step functions: with asyncio's default pool
-    # (min(32, CPUs + 4) threads) a step let start could wait behind other jobs' steps,
+    # A thread per job slot for synchronous step functions, on top of what asyncio would
+    # give the loop (CPUs + 4, also used for DNS lookups when Redis reconnects). With the
+    # default pool alone (at most 32), a step let start could wait behind other jobs' steps
     # and start long after a cancel that came meanwhile had returned True.
+    threads = worker.concurrency + (os.cpu_count() or 1) + 4
     loop.set_default_executor(
-        ThreadPoolExecutor(max_workers=worker.concurrency, thread_name_prefix="jobkit-step")
+        ThreadPoolExecutor(max_workers=threads, thread_name_prefix="jobkit-worker")
     )
     signals = 0
 
