@@ -154,7 +154,8 @@ def test_page_runs(
     env = {
         **os.environ,
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PYTHONPATH": str(tmp_path),
+        # This checkout's code, also where the installed jobkit is another checkout's.
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT / "src")]),
         "JOBKIT_REDIS_URL": jobkit_redis_server.url,
         "JOBKIT_TEMPORAL_ADDRESS": jobkit_temporal_server.address,
         "JOBKIT_TEMPORAL_TASK_QUEUE_PREFIX": f"docs-{uuid.uuid4().hex[:8]}-",

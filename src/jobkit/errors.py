@@ -16,6 +16,8 @@ JobkitError
 ├── StepError                     misuse of the step API
 │   └── DuplicateStepError        one step id used twice in one job
 ├── NonRetryableError             raised by a job: fail now, do not retry
+│   └── StrictModeError           strict mode: handler code outside steps that Temporal
+│                                 would refuse (a call, a blocked loop, a replay that differs)
 ├── JobTimeoutError               an attempt ran past the job's timeout
 └── JobCancelledError             the job was cancelled while it ran
 ```
@@ -154,6 +156,25 @@ class DuplicateStepError(StepError):
 
 class NonRetryableError(JobkitError):
     """Raise from a job or a step to fail the job at once, whatever its retry policy."""
+
+
+class StrictModeError(NonRetryableError):
+    """Strict mode found handler code outside steps that would break on Temporal: a call
+    its workflow sandbox or event loop refuses, a block of the event loop past its deadlock
+    threshold, or a replay against the recorded step results that takes another path.
+
+    `job_name` names the job, `problem` what was found (the call, the steps), `fix` what to
+    change; retrying cannot help, so the job fails at once.
+    """
+
+    def __init__(self, job_name: str, problem: str, fix: str) -> None:
+        self.job_name = job_name
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"strict mode: job {job_name!r} {problem}. {fix}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.job_name, self.problem, self.fix)
 
 
 class JobTimeoutError(JobkitError, TimeoutError):

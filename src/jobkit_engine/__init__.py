@@ -19,6 +19,7 @@ from jobkit.errors import (
     PayloadTooLargeError,
     PayloadValidationError,
     StepError,
+    StrictModeError,
     UnknownJobError,
     UnknownQueueError,
 )
@@ -30,6 +31,7 @@ from jobkit_engine._lifecycle import Failed, Outcome, Succeeded, Suspended
 from jobkit_engine._registry import JobRegistry, default_registry, import_job_modules
 from jobkit_engine._retry import NO_RETRY, Retry
 from jobkit_engine._status import TERMINAL_STATUSES, JobError, JobInfo, JobStatus, Progress
+from jobkit_engine.strict import StrictMode
 
 __all__ = [
     "NO_RETRY",
@@ -62,6 +64,8 @@ __all__ = [
     "StepError",
     "StepMemo",
     "Steps",
+    "StrictMode",
+    "StrictModeError",
     "Succeeded",
     "Suspended",
     "SystemClock",

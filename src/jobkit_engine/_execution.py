@@ -11,7 +11,7 @@ import random
 from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobkit.errors import JobTimeoutError, PayloadValidationError, UnknownJobError
 from jobkit.queues import QueueRegistry, default_queues
@@ -22,6 +22,9 @@ from jobkit_engine._lifecycle import Failed, Outcome, Succeeded, Suspended
 from jobkit_engine._registry import JobRegistry, default_registry
 from jobkit_engine._status import JobError
 from jobkit_engine._steps import DEFAULT_MAX_BYTES, encode
+
+if TYPE_CHECKING:
+    from jobkit_engine.strict import StrictMode
 
 _deadline: ContextVar[asyncio.Timeout | None] = ContextVar("jobkit_attempt_deadline", default=None)
 
@@ -53,6 +56,7 @@ async def execute_job(
     queues: QueueRegistry = default_queues,
     max_bytes: int = DEFAULT_MAX_BYTES,
     rng: random.Random | None = None,
+    strict: StrictMode | None = None,
 ) -> Outcome:
     """Resolve `job_name`, validate `payload`, run the handler once, classify the result.
 
@@ -60,6 +64,7 @@ async def execute_job(
     the job for good, as does a result that is not JSON or longer than `max_bytes`.
     Cancellation (`asyncio.CancelledError`) is left to the engine. `rng` draws the retry
     jitter (a workflow passes its deterministic one).
+    With `strict`, the handler runs under strict mode's checks (`jobkit_engine.strict`).
     """
     try:
         definition = registry.get(job_name)
@@ -71,7 +76,11 @@ async def execute_job(
         async with asyncio.timeout(timeout.total_seconds()) as deadline:
             token = _deadline.set(deadline)
             try:
-                result = await definition(make_context(definition), value)
+                context = make_context(definition)
+                if strict is None:
+                    result = await definition(context, value)
+                else:
+                    result = await strict.run(definition, context, value)
             finally:
                 _deadline.reset(token)
     except SuspendJob as suspend:

@@ -32,6 +32,7 @@ from jobkit_engine import (
     JobStatus,
     ManualClock,
     Progress,
+    StrictMode,
     SystemClock,
     default_registry,
 )
@@ -112,7 +113,11 @@ class _JobClock:
 
 
 class InlineEngine(EngineBase):
-    """Runs jobs in-process with the full job semantics; per-queue concurrency applies."""
+    """Runs jobs in-process with the full job semantics; per-queue concurrency applies.
+
+    `strict=True` (or a `StrictMode`) runs every handler under strict mode, as the test
+    helpers in `jobkit_dispatch.testing` do by default.
+    """
 
     name: ClassVar[str] = "inline"
     supports_delay: ClassVar[bool] = True
@@ -129,8 +134,11 @@ class InlineEngine(EngineBase):
         registry: JobRegistry = default_registry,
         queues: QueueRegistry = default_queues,
         max_payload_bytes: int = DEFAULT_MAX_BYTES,
+        strict: bool | StrictMode = False,
     ) -> None:
         self.clock = clock or SystemClock()
+        # Strict mode holds code outside steps to Temporal's rules (jobkit_engine.strict).
+        self.strict: StrictMode | None = StrictMode() if strict is True else (strict or None)
         self._sleep_threshold = sleep_threshold
         self._max_bytes = max_payload_bytes
         self._concurrency = dict(concurrency or {})
@@ -340,6 +348,7 @@ class InlineEngine(EngineBase):
             registry=self._registry,
             queues=self._queues,
             max_bytes=self._max_bytes,
+            strict=self.strict,
         )
 
     async def _refuse_if_cancelled(self, record: _Record) -> None:

@@ -1,14 +1,15 @@
 """Testing helpers for applications that use jobkit.
 
 - `inline_engine()` runs dispatched jobs in-process with a `ManualClock`, so delays,
-  retry backoff and durable sleeps take no real time.
+  retry backoff and durable sleeps take no real time, in strict mode (see
+  `jobkit_engine.strict`): code outside steps that Temporal would refuse fails the job.
 - `wait_for_job()` polls `get_job` until a condition holds; on an inline engine with a
   `ManualClock` it skips time whenever every job waits on the clock.
 - `use_engine()` points `dispatch_job` at any engine for the duration of a block.
 - `RedisServer` starts a real `redis-server` on a free loopback port.
 
 The pytest plugin (loaded automatically) exposes these as fixtures: `jobkit_inline`,
-`jobkit_clock` and the session-scoped `jobkit_redis_server`.
+`jobkit_clock`, `jobkit_strict` and the session-scoped `jobkit_redis_server`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from jobkit_dispatch._dispatch import Dispatcher, get_dispatcher, set_dispatcher
 from jobkit_dispatch.engines import Engine
 from jobkit_dispatch.engines.inline import InlineEngine
 from jobkit_dispatch.testing.redis_server import RedisServer
-from jobkit_engine import JobInfo, ManualClock
+from jobkit_engine import JobInfo, ManualClock, StrictMode
 
 
 @contextmanager
@@ -38,10 +39,13 @@ def use_engine(engine: Engine, **dispatcher_options: Any) -> Iterator[Engine]:
 
 @contextmanager
 def inline_engine(
-    clock: ManualClock | None = None, **engine_options: Any
+    clock: ManualClock | None = None, *, strict: bool | StrictMode = True, **engine_options: Any
 ) -> Iterator[InlineEngine]:
-    """An `InlineEngine` on a `ManualClock`, installed for `dispatch_job`, closed after."""
-    engine = InlineEngine(clock=clock or ManualClock(), **engine_options)
+    """An `InlineEngine` on a `ManualClock`, installed for `dispatch_job`, closed after.
+
+    Jobs run in strict mode unless `strict=False`; pass a `StrictMode` to tune it.
+    """
+    engine = InlineEngine(clock=clock or ManualClock(), strict=strict, **engine_options)
     try:
         with use_engine(engine):
             yield engine
@@ -95,6 +99,7 @@ __all__ = [
     "InlineEngine",
     "ManualClock",
     "RedisServer",
+    "StrictMode",
     "advance",
     "inline_engine",
     "use_engine",

@@ -10,7 +10,7 @@ from jobkit_dispatch.engines.inline import InlineEngine
 from jobkit_dispatch.testing import inline_engine
 from jobkit_dispatch.testing.redis_server import RedisServer
 from jobkit_dispatch.testing.temporal_server import TemporalDevServer, TimeSkippingServer
-from jobkit_engine import ManualClock
+from jobkit_engine import ManualClock, StrictMode
 
 
 @pytest.fixture
@@ -20,9 +20,19 @@ def jobkit_clock() -> ManualClock:
 
 
 @pytest.fixture
-def jobkit_inline(jobkit_clock: ManualClock) -> Iterator[InlineEngine]:
-    """`dispatch_job` runs jobs on an inline engine for the duration of the test."""
-    with inline_engine(jobkit_clock) as engine:
+def jobkit_strict() -> bool | StrictMode:
+    """Whether `jobkit_inline` runs jobs in strict mode: True. Override this fixture (in a
+    test module or a conftest.py) to return False, or a `StrictMode(...)` to tune it."""
+    return True
+
+
+@pytest.fixture
+def jobkit_inline(
+    jobkit_clock: ManualClock, jobkit_strict: bool | StrictMode
+) -> Iterator[InlineEngine]:
+    """`dispatch_job` runs jobs on an inline engine, in strict mode, for the duration of
+    the test."""
+    with inline_engine(jobkit_clock, strict=jobkit_strict) as engine:
         yield engine
 
 
