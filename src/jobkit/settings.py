@@ -66,6 +66,11 @@ class JobkitSettings(BaseSettings):
     job_modules: list[str] = Field(
         default_factory=list, description="modules a worker imports to register jobs"
     )
+    strict: bool = Field(
+        False,
+        description="workers run handlers in strict mode (jobkit_engine.strict): code outside "
+        "steps that Temporal would refuse fails the job; meant for staging",
+    )
 
 
 @functools.cache

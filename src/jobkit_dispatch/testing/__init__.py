@@ -7,6 +7,8 @@
   `ManualClock` it skips time whenever every job waits on the clock.
 - `use_engine()` points `dispatch_job` at any engine for the duration of a block.
 - `RedisServer` starts a real `redis-server` on a free loopback port.
+- `replay_temporal_history()` replays a job's Temporal history against the code in this
+  process, to check a change against jobs in flight (needs `jobkit[temporal]`).
 
 The pytest plugin (loaded automatically) exposes these as fixtures: `jobkit_inline`,
 `jobkit_clock`, `jobkit_strict` and the session-scoped `jobkit_redis_server`.
@@ -15,11 +17,12 @@ The pytest plugin (loaded automatically) exposes these as fixtures: `jobkit_inli
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
+from jobkit.errors import EngineNotInstalledError
 from jobkit_dispatch._dispatch import Dispatcher, get_dispatcher, set_dispatcher
 from jobkit_dispatch.engines import Engine
 from jobkit_dispatch.engines.inline import InlineEngine
@@ -86,6 +89,30 @@ def _skip_idle_time(dispatcher: Dispatcher, info: JobInfo) -> bool:
     return isinstance(engine, InlineEngine) and engine.skip_idle_time()
 
 
+def replay_temporal_history(
+    history: Any, *, job_id: str | None = None, modules: Sequence[str] = ()
+) -> None:
+    """Replay a job's Temporal history (a `WorkflowHistory` or its JSON) against the jobs
+    registered in this process; `StrictModeError` if they no longer replay it. See
+    `jobkit_dispatch.testing.temporal_replay`."""
+    _temporal_replay().replay_temporal_history(history, job_id=job_id, modules=modules)
+
+
+async def areplay_temporal_history(
+    history: Any, *, job_id: str | None = None, modules: Sequence[str] = ()
+) -> None:
+    """`replay_temporal_history`, awaitable."""
+    await _temporal_replay().areplay_temporal_history(history, job_id=job_id, modules=modules)
+
+
+def _temporal_replay() -> Any:
+    try:
+        from jobkit_dispatch.testing import temporal_replay
+    except ImportError as exc:
+        raise EngineNotInstalledError("temporal", "temporal", exc.name or "temporalio") from exc
+    return temporal_replay
+
+
 def advance(engine: Engine, delta: timedelta) -> None:
     """Let `delta` pass for `engine`: move a ManualClock, or really wait."""
     clock = getattr(engine, "clock", None)
@@ -101,7 +128,9 @@ __all__ = [
     "RedisServer",
     "StrictMode",
     "advance",
+    "areplay_temporal_history",
     "inline_engine",
+    "replay_temporal_history",
     "use_engine",
     "wait_for_job",
 ]

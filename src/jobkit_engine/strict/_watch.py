@@ -165,17 +165,18 @@ class Watch:
         where = self._where(site)
         if where is None:  # run by an import or a finaliser, not by the job
             return
+        call = _shown(refusal.name)
         if refusal.by == "loop":
             problem = (
-                f"called {refusal.name}() outside a step ({where}); Temporal's workflow "
-                "event loop refuses it: no threads, executors or sockets in workflow code"
+                f"called {call} outside a step ({where}); Temporal's workflow event loop "
+                "refuses it: no threads, executors or sockets in workflow code"
             )
             fix = _LOOP_FIX
         else:
             problem = (
-                f"called {refusal.name}() outside a step ({where}); Temporal's workflow "
-                "sandbox refuses it: code outside steps must not do I/O or read the clock, "
-                "randomness or the environment"
+                f"called {call} outside a step ({where}); Temporal's workflow sandbox "
+                "refuses it: code outside steps must be deterministic and do no I/O (no "
+                "files, network, clock, random numbers, environment or threads)"
             )
             fix = MOVE_INTO_STEP
         error = StrictModeError(self.job_name, problem, fix)
@@ -286,6 +287,14 @@ def _snapshot(value: Any) -> Any:
         return copy.deepcopy(value)
     except Exception:
         return value
+
+
+def _shown(name: str) -> str:
+    """`__builtins__.open` → `open()`, `threading.Thread.__init__` → `threading.Thread()`."""
+    name = name.removeprefix("__builtins__.")
+    for constructor in (".__init__", ".__new__"):
+        name = name.removesuffix(constructor)
+    return f"{name}()"
 
 
 def _qualname(frame: types.FrameType) -> str:

@@ -1,0 +1,253 @@
+"""Jobs for the strict-mode tests: each breaks one of Temporal's rules outside a step (and
+works on inline and RQ), or keeps them all while doing the same things inside steps."""
+
+# ruff: noqa: ASYNC210, ASYNC230, ASYNC251 - blocking calls in handlers are the point here
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import os
+import random
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from datetime import timedelta
+
+import httpx
+from pydantic import BaseModel
+
+from jobkit_engine import JobContext, job
+
+RETRIES = 3  # every job may retry: a strict-mode failure must not
+
+# What steps did, for tests to count; keyed by job id.
+step_runs: Counter[str] = Counter()
+
+
+class Target(BaseModel):
+    url: str = ""
+    seconds: float = 0.0
+
+
+def record(job_id: str, value: int = 0) -> int:
+    step_runs[job_id] += 1
+    return value + 1
+
+
+async def arecord(job_id: str) -> int:
+    step_runs[job_id] += 1
+    return 1
+
+
+# -- calls Temporal's sandbox or workflow event loop refuses --------------------------------
+
+
+@job("strict.open", retry=RETRIES)
+async def opens_a_file(ctx: JobContext) -> str:
+    with open(__file__) as source:
+        return source.readline()
+
+
+@job("strict.now", retry=RETRIES)
+async def reads_the_clock(ctx: JobContext) -> int:
+    return await ctx.step.run(f"report-{datetime.datetime.now():%H%M%S%f}", record, ctx.job_id)
+
+
+@job("strict.time", retry=RETRIES)
+async def reads_time(ctx: JobContext) -> float:
+    return time.time()
+
+
+@job("strict.random", retry=RETRIES)
+async def rolls_dice(ctx: JobContext) -> int:
+    if random.random() < 2:
+        await ctx.step.run("lucky", record, ctx.job_id)
+    return 1
+
+
+@job("strict.uuid", retry=RETRIES)
+async def makes_a_uuid(ctx: JobContext) -> int:
+    return await ctx.step.run(f"order-{uuid.uuid4()}", record, ctx.job_id)
+
+
+@job("strict.environ", retry=RETRIES)
+async def reads_the_environment(ctx: JobContext) -> bool:
+    return os.environ.get("STRICT_MODE_TEST_FLAG") is None
+
+
+@job("strict.getenv", retry=RETRIES)
+async def calls_getenv(ctx: JobContext) -> bool:
+    return os.getenv("STRICT_MODE_TEST_FLAG") is None
+
+
+@job("strict.httpx", retry=RETRIES)
+async def requests_with_httpx(ctx: JobContext, target: Target) -> int:
+    return httpx.get(target.url).status_code
+
+
+@job("strict.urllib", retry=RETRIES)
+async def requests_with_urllib(ctx: JobContext, target: Target) -> int:
+    with urllib.request.urlopen(target.url) as response:
+        return int(response.status)
+
+
+@job("strict.to-thread", retry=RETRIES)
+async def uses_to_thread(ctx: JobContext) -> int:
+    return await asyncio.to_thread(record, ctx.job_id)
+
+
+@job("strict.executor", retry=RETRIES)
+async def uses_an_executor(ctx: JobContext) -> int:
+    return await asyncio.get_running_loop().run_in_executor(None, record, ctx.job_id)
+
+
+@job("strict.thread", retry=RETRIES)
+async def starts_a_thread(ctx: JobContext) -> None:
+    thread = threading.Thread(target=record, args=(ctx.job_id,))
+    thread.start()
+    thread.join()
+
+
+@job("strict.swallowed", retry=RETRIES)
+async def swallows_the_error(ctx: JobContext) -> int:
+    with contextlib.suppress(Exception):
+        open(__file__).close()
+    return await ctx.step.run("after", record, ctx.job_id)
+
+
+# -- determinism ----------------------------------------------------------------------------
+
+_calls = Counter[str]()
+
+
+@job("strict.counter", retry=RETRIES)
+async def counts_in_a_global(ctx: JobContext) -> None:
+    _calls[ctx.job_id] += 1  # differs between an execution and its replay
+    await ctx.step.run(f"batch-{_calls[ctx.job_id]}", record, ctx.job_id)
+
+
+@job("strict.branch", retry=RETRIES)
+async def branches_on_a_global(ctx: JobContext) -> None:
+    _calls[ctx.job_id] += 1
+    await ctx.step.run("first", record, ctx.job_id)
+    if _calls[ctx.job_id] == 1:
+        await ctx.step.run("only-once", record, ctx.job_id)
+
+
+# -- blocking -------------------------------------------------------------------------------
+
+
+def spin(iterations: int) -> int:
+    total = 0
+    for n in range(iterations):
+        total += n
+    return total
+
+
+@job("strict.cpu", retry=RETRIES)
+async def burns_cpu(ctx: JobContext, target: Target) -> int:
+    await ctx.step.run("before", record, ctx.job_id)
+    spin(int(target.seconds))  # `seconds` holds the iterations here
+    return await ctx.step.run("after", record, ctx.job_id)
+
+
+@job("strict.sleep", retry=RETRIES)
+async def sleeps_blocking(ctx: JobContext, target: Target) -> None:
+    time.sleep(target.seconds)
+
+
+# -- well-behaved: the same things, inside steps --------------------------------------------
+
+
+def read_first_line(path: str) -> str:
+    with open(path) as source:
+        return source.readline()
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat()
+
+
+def fetch(url: str) -> int:
+    return httpx.get(url).status_code
+
+
+async def afetch(url: str) -> int:
+    async with httpx.AsyncClient() as client:
+        return (await client.get(url)).status_code
+
+
+async def slow(seconds: float) -> float:
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+def busy(iterations: int) -> int:
+    time.sleep(0.01)
+    return spin(iterations)
+
+
+@job("strict.good", retry=RETRIES)
+async def does_it_in_steps(ctx: JobContext, target: Target) -> dict[str, object]:
+    line = await ctx.step.run("read", read_first_line, __file__)
+    stamp = await ctx.step.run("now", now_iso)
+    token = await ctx.step.run("token", new_token)
+    env = await ctx.step.run("env", home)
+    status = await ctx.step.run("fetch", fetch, target.url)
+    astatus = await ctx.step.run("afetch", afetch, target.url)
+    ctx.report_progress(0.5, "halfway")
+    ctx.logger.info("fetched %s", status)
+    waited = await ctx.step.run("slow", slow, target.seconds)  # a long async step is fine
+    crunched = await ctx.step.run("crunch", busy, 100_000)
+    await ctx.step.sleep("nap", timedelta(milliseconds=1))
+    await ctx.step.sleep("rest", timedelta(days=2))  # suspends; the job resumes later
+    when = datetime.datetime.fromisoformat(stamp)  # pure functions of step results are fine
+    return {
+        "line": line.strip(),
+        "stamp": when.isoformat(),
+        "token": token,
+        "env": env is not None,
+        "status": [status, astatus],
+        "waited": waited,
+        "crunched": crunched,
+    }
+
+
+def home() -> str | None:
+    return os.getenv("HOME")
+
+
+def new_token() -> str:
+    return str(uuid.uuid4())
+
+
+def flaky(job_id: str) -> int:
+    step_runs[job_id] += 1
+    if step_runs[job_id] == 1:
+        raise ConnectionError("first call fails")
+    return 7
+
+
+@job("strict.recovers", retry=RETRIES)
+async def recovers(ctx: JobContext) -> int:
+    """Catches a step's failure and takes another path; retried after a handler failure."""
+    try:
+        value = await ctx.step.run("try", flaky, ctx.job_id)
+    except ConnectionError:
+        value = await ctx.step.run("fallback", record, ctx.job_id, 1)
+    if ctx.attempt == 1:
+        raise RuntimeError("fail the first attempt after the steps")
+    return value
+
+
+@job("strict.parallel", retry=RETRIES)
+async def runs_steps_in_parallel(ctx: JobContext) -> list[float]:
+    firsts = await asyncio.gather(
+        *(ctx.step.run(f"slow-{n}", slow, 0.02 * (3 - n)) for n in range(3))
+    )
+    seconds = await asyncio.gather(*(ctx.step.run(f"again-{n}", slow, 0.01 * n) for n in range(3)))
+    return [*firsts, *seconds]
