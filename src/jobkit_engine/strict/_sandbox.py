@@ -23,10 +23,20 @@ import inspect
 import sys
 import threading
 import types
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
+
+from jobkit_engine.strict._objects import (
+    HARMLESS,
+    belongs,
+    builtins_module,
+    class_members,
+    function_of,
+    is_c_method,
+    is_service,
+    members,
+)
 
 #: Methods of `asyncio.AbstractEventLoop` that Temporal's workflow event loop does not
 #: implement, among those handler code can reach (a test checks them against temporalio).
@@ -68,23 +78,6 @@ TRUSTED_MODULES = ("jobkit", "jobkit_engine", "jobkit_dispatch", "_pytest", "pyt
 # Temporal only warns about these (asyncio.wait, as_completed), or needs a debugger
 # attached (breakpoint): neither is a failure on Temporal.
 _SKIPPED = frozenset({"__builtins__.breakpoint"})
-# Class machinery that runs on its own (isinstance, garbage collection, repr in a log
-# line): not a use of the class by the job.
-_HARMLESS = frozenset(
-    {
-        "__subclasshook__",
-        "__init_subclass__",
-        "__class_getitem__",
-        "__instancecheck__",
-        "__subclasscheck__",
-        "__del__",
-        "__repr__",
-        "__getattr__",
-        "__getattribute__",
-    }
-)
-# The C modules behind public ones: their functions count as the public module's.
-_C_TWINS = frozenset({"posix", "nt"})
 
 
 @dataclass(frozen=True)
@@ -229,11 +222,11 @@ class CallIndex:
             self._keep.append(obj)
         everything = matcher.match_self or "*" in matcher.use or "*" in matcher.access
         named = set(matcher.use) | set(matcher.access)
-        for name, member in _members(obj):
+        for name, member in members(obj):
             if name in matcher.exclude or f"{path}.{name}" in _SKIPPED:
                 continue
             child = matcher.children.get(name) or matcher.children.get("*")
-            if name in named or (everything and (child is not None or _belongs(member, obj))):
+            if name in named or (everything and (child is not None or belongs(member, obj))):
                 self._restrict(member, f"{path}.{name}", obj)
             elif child is not None and child.leaf_warning is None:
                 self._walk_child(child, member, f"{path}.{name}")
@@ -269,32 +262,32 @@ class CallIndex:
             self._keep.append(member)
             self._c_by_id[id(member)] = refusal
             self._c_by_owner[(id(member.__self__), member.__name__)] = refusal
-        elif owner is not None and _is_service(member) and _belongs(member, owner):
+        elif owner is not None and is_service(member) and belongs(member, owner):
             self._restrict_instance(member, path)
 
     def _restrict_class(self, cls: type, path: str) -> None:
-        for name, attr in _class_members(cls):
-            if name in _HARMLESS:
+        for name, attr in class_members(cls):
+            if name in HARMLESS:
                 continue
             refusal = Refusal(f"{path}.{name}", "sandbox", self_type=cls)
-            function = _function_of(attr)
+            function = function_of(attr)
             if function is not None:
                 self._add_code(function.__code__, refusal)
-            elif _is_c_method(attr):
+            elif is_c_method(attr):
                 self._c_by_class[(cls, name)] = refusal
         self._class_cache.clear()
 
     def _restrict_instance(self, obj: Any, path: str) -> None:
         """An object such as `os.environ`: its methods, called on it."""
         self._keep.append(obj)
-        for name, attr in _class_members(type(obj)):
-            if name in _HARMLESS:
+        for name, attr in class_members(type(obj)):
+            if name in HARMLESS:
                 continue
             refusal = Refusal(f"{path}.{name}", "sandbox", self_is=obj)
-            function = _function_of(attr)
+            function = function_of(attr)
             if function is not None:
                 self._add_code(function.__code__, refusal)
-            elif _is_c_method(attr):
+            elif is_c_method(attr):
                 self._c_by_owner[(id(obj), name)] = refusal
 
     def _add_code(self, code: types.CodeType, refusal: Refusal) -> None:
@@ -321,81 +314,6 @@ class _AllMatcher:
 
 
 _ALL = _AllMatcher()
-
-
-def builtins_module() -> types.ModuleType:
-    return sys.modules["builtins"]
-
-
-def _members(obj: Any) -> Iterator[tuple[str, Any]]:
-    namespace = vars(obj) if isinstance(obj, types.ModuleType) else None
-    if namespace is not None:
-        yield from list(namespace.items())
-        return
-    for name in dir(obj):
-        try:
-            yield name, getattr(obj, name)
-        except Exception:  # a property that fails on the class: nothing to call
-            continue
-
-
-def _belongs(member: Any, owner: Any) -> bool:
-    """Whether `member` is defined by `owner`'s module (or its C twin), not merely
-    imported into it: `os.Mapping` is collections.abc's, and stays allowed."""
-    if isinstance(member, types.ModuleType):
-        return False
-    home = getattr(owner, "__name__", None) if isinstance(owner, types.ModuleType) else None
-    if home is None:
-        home = getattr(owner, "__module__", None) or ""
-    defined = getattr(member, "__module__", None)
-    if defined is None and not callable(member):
-        defined = type(member).__module__
-    if defined is None:
-        return True
-    return (
-        defined == home
-        or defined.startswith(f"{home}.")
-        or defined in _C_TWINS
-        or (defined.startswith("_") and defined != "__main__")
-    )
-
-
-def _is_service(obj: Any) -> bool:
-    """An object whose methods do the work, such as `os.environ` (not a constant)."""
-    if callable(obj) or isinstance(obj, int | float | str | bytes | tuple | frozenset | Enum):
-        return False
-    return not isinstance(obj, list | dict | set)
-
-
-def _class_members(cls: type) -> Iterator[tuple[str, Any]]:
-    """A class's attributes as defined (not bound), base classes included, except
-    what every object has from `object`."""
-    seen: set[str] = set()
-    for klass in cls.__mro__:
-        if klass is object:
-            break
-        for name, attr in vars(klass).items():
-            if name not in seen:
-                seen.add(name)
-                yield name, attr
-
-
-def _function_of(attr: Any) -> types.FunctionType | None:
-    if isinstance(attr, staticmethod | classmethod):
-        attr = attr.__func__
-    elif isinstance(attr, property):
-        attr = attr.fget
-    return attr if isinstance(attr, types.FunctionType) else None
-
-
-def _is_c_method(attr: Any) -> bool:
-    return isinstance(
-        attr,
-        types.MethodDescriptorType
-        | types.ClassMethodDescriptorType
-        | types.BuiltinFunctionType
-        | types.WrapperDescriptorType,
-    )
 
 
 _indexes: dict[tuple[str, ...], CallIndex] = {}
