@@ -15,56 +15,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
 from jobkit_engine import (
     DictStepMemo,
     JobContext,
-    JobRegistry,
     MemoSteps,
     StrictMode,
     SystemClock,
     execute_job,
-    job,
 )
 
-RESULTS = Path(__file__).resolve().parent / "results" / "strict.md"
-registry = JobRegistry()
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "strict.md"
+sys.path.insert(0, str(HERE))
 
-
-class Item(BaseModel):
-    name: str
-    size: int
-
-
-async def fetch(n: int) -> dict[str, Any]:
-    return {"name": f"item-{n}", "size": n}
-
-
-@job("bench.steps", registry=registry)
-async def steps(ctx: JobContext) -> int:
-    total = 0
-    for n in range(20):
-        item = Item(**await ctx.step.run(f"fetch-{n}", fetch, n))
-        total += item.size + len(item.name.upper())
-    return total
-
-
-def _score(n: int) -> int:
-    return (n * 7) % 13
-
-
-@job("bench.busy", registry=registry)
-async def busy(ctx: JobContext) -> int:
-    total = sum(_score(n) for n in range(2_000))
-    item = Item.model_validate({"name": "x", "size": total})
-    return await ctx.step.run("fetch", fetch, item.size)
-
+from strict_tasks import registry  # noqa: E402
 
 MODES: dict[str, StrictMode | None] = {
     "off": None,

@@ -12,6 +12,9 @@ here, shared by every engine, so that a job behaves the same wherever it runs:
 - `MemoSteps` is `ctx.step`: the step rules, with hooks for where step results live (a
   `StepMemo`), where a step function runs (`StepRunner`), how a long sleep waits
   (`Suspender`) and what to check before a step starts.
+- `StrictMode` (`jobkit_engine.strict`), passed to `execute_job(..., strict=...)`, holds
+  handler code outside steps to Temporal's rules: what the inline test helpers do, and
+  what a worker does with `JOBKIT_STRICT=1` (`StrictMode.from_settings(settings)`).
 - The step rules and encodings, for an engine that runs step functions somewhere else
   (Temporal runs them as activities): `step_ref` / `resolve_ref`, `run_step_function`,
   `encode_exception` / `decode_exception`, `encode` and `json_size`.
@@ -62,6 +65,7 @@ from jobkit_engine._steps import (
     step_ref,
     typed_arguments,
 )
+from jobkit_engine.strict import StrictMode
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -81,6 +85,7 @@ __all__ = [
     "StepFailedError",
     "StepMemo",
     "StepRunner",
+    "StrictMode",
     "Succeeded",
     "SuspendJob",
     "Suspended",

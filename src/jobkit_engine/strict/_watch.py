@@ -64,7 +64,7 @@ class Watch:
         self._index = index
         self._threshold = threshold
         self._started: float | None = None  # perf_counter() when the open segment began
-        self._after = "the handler's start"
+        self._after = ""  # where the open segment began, for the watchdog's message
         self._hooked = False
         self._hook_fn = self._hook  # one bound method, so that `is` finds it installed
         if index is not None:
@@ -190,7 +190,7 @@ class Watch:
         chain: list[types.FrameType] = []
         frame: types.FrameType | None = site
         while frame is not None and frame.f_code is not self._handler_code:
-            if frame.f_code.co_name in ("__del__", "<module>"):
+            if frame.f_code.co_name == "__del__" or _importing(frame):
                 return None
             chain.append(frame)
             frame = frame.f_back
@@ -207,11 +207,12 @@ class Watch:
 class Driven:
     """Drives the handler's coroutine, one segment per resumption outside a step."""
 
-    __slots__ = ("_coro", "_watch")
+    __slots__ = ("_coro", "_resumed", "_watch")
 
     def __init__(self, coro: Awaitable[Any], watch: Watch) -> None:
         self._coro: Any = coro
         self._watch = watch
+        self._resumed = False
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self  # type: ignore[return-value]
@@ -232,7 +233,8 @@ class Driven:
         watch = self._watch
         earlier = watch.violation
         if not _in_step.get():
-            watch.open_segment()
+            watch.open_segment("an await" if self._resumed else "the handler's start")
+        self._resumed = True
         yielded = False
         try:
             result = method(*args)
@@ -287,6 +289,16 @@ def _snapshot(value: Any) -> Any:
         return copy.deepcopy(value)
     except Exception:
         return value
+
+
+def _importing(frame: types.FrameType) -> bool:
+    """A module's top level, run by the import system (not a script's `__main__`)."""
+    caller = frame.f_back
+    return (
+        frame.f_code.co_name == "<module>"
+        and caller is not None
+        and caller.f_code.co_filename.startswith("<frozen importlib")
+    )
 
 
 def _shown(name: str) -> str:
