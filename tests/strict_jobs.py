@@ -155,6 +155,15 @@ async def burns_cpu(ctx: JobContext, target: Target) -> int:
     return await ctx.step.run("after", record, ctx.job_id)
 
 
+async def aspin(iterations: int) -> int:
+    return spin(iterations)  # holds the loop, but inside a step: an activity on Temporal
+
+
+@job("strict.cpu-in-step", retry=RETRIES)
+async def burns_cpu_in_a_step(ctx: JobContext, target: Target) -> int:
+    return await ctx.step.run("crunch", aspin, int(target.seconds))
+
+
 @job("strict.sleep", retry=RETRIES)
 async def sleeps_blocking(ctx: JobContext, target: Target) -> None:
     time.sleep(target.seconds)

@@ -157,6 +157,11 @@ def test_cpu_work_outside_a_step_that_holds_the_loop_fails_the_job() -> None:
     assert run("strict.cpu", payload, strict=False).status == "succeeded"
 
 
+def test_cpu_work_inside_a_step_is_not_a_block() -> None:
+    info = run("strict.cpu-in-step", {"seconds": _iterations_for(0.6)})
+    assert info.status == "succeeded", info.error
+
+
 def test_a_blocking_sleep_outside_a_step_fails_the_job() -> None:
     with_calls = run("strict.sleep", {"seconds": 0.3})
     assert_strict_failure(with_calls, "called time.sleep()")
