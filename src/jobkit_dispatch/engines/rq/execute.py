@@ -41,6 +41,7 @@ from jobkit_engine.runtime import (
     MemoSteps,
     Outcome,
     RunAgain,
+    StrictMode,
     execute_job,
     settle,
 )
@@ -72,6 +73,9 @@ class Executor:
         self._clock = SystemClock()
         self._sleep_threshold = timedelta(seconds=link.settings.sleep_threshold)
         self._max_bytes = link.settings.max_payload_bytes
+        # JOBKIT_STRICT: hold handler code outside steps to Temporal's workflow rules here
+        # too (staging), so a job that would break on fallback fails where it is seen.
+        self._strict = StrictMode.from_settings(link.settings)
 
     async def run_job(self, job_id: str) -> None:
         """Start the popped job, run it once and record how it ended."""
@@ -149,6 +153,7 @@ class Executor:
                 registry=self._registry,
                 queues=self._queues,
                 max_bytes=self._max_bytes,
+                strict=self._strict,
             )
         except asyncio.CancelledError:
             return Cancelled() if job_id in self._cancels else Interrupted()
