@@ -26,6 +26,17 @@ ACQUIRE_SLOT = "jobkit.acquire-slot"
 
 MEMO_KEY = "jobkit"
 
+TERMINATION_KEY = "jobkit_error"
+"""Names the `JobError` (type, message, traceback) in the details of a termination that
+jobkit itself made, so `get_job` reports the job failed with it, not cancelled."""
+
+CANCELLED_UNSTARTED = "jobkit: cancelled before a worker picked the job up"
+"""The reason of the termination that cancels a job no worker has started."""
+
+# Temporal warns about a workflow's history at 10,240 events and terminates it at 51,200.
+HISTORY_WARN_EVENTS = 10_240
+HISTORY_LIMIT_EVENTS = 40_000
+
 # Temporal refuses a memo past 32 KB (and a refused memo update fails the workflow task
 # over and over), so what users write into it is cut to size.
 _MESSAGE_LIMIT = 2000
@@ -53,6 +64,8 @@ class JobInput(BaseModel):
     sleep_threshold: float = 5.0  # seconds; longer sleeps free the job's slot
     step_heartbeat_timeout: float | None = 30.0  # seconds; how soon a lost worker is noticed
     max_payload_bytes: int = DEFAULT_MAX_BYTES  # the JSON size limit of steps and the result
+    history_warn_events: int = HISTORY_WARN_EVENTS  # log a warning once past this
+    history_limit_events: int = HISTORY_LIMIT_EVENTS  # fail the job before a step past this
 
 
 class ErrorState(BaseModel):

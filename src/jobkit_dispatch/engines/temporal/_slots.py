@@ -85,6 +85,18 @@ class SlotPool:
             woken = self._grant(time.monotonic())
         self._wake(woken)
 
+    def release_job(self, job_id: str) -> None:
+        """Give back whatever `job_id` holds or waits for: its workflow was terminated and
+        will not do it itself."""
+        prefix = f"{job_id}/"  # tokens are job id / run id / attempt
+        with self._lock:
+            for token in [t for t in self._held if t.startswith(prefix)]:
+                del self._held[token]
+            self._waiters.pop(job_id, None)
+            self._reserved.pop(job_id, None)
+            woken = self._grant(time.monotonic())
+        self._wake(woken)
+
     @property
     def running(self) -> int:
         with self._lock:

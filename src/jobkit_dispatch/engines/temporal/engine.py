@@ -3,45 +3,50 @@
 A job id is a workflow id. Enqueueing starts `JobWorkflow` on the queue's task queue with
 an id policy that never starts a second run for an id, running or closed; `get` reads the
 workflow's status and memo; `cancel` requests cancellation, which the handler sees as
-`asyncio.CancelledError` at its next await.
-
-temporalio's client is async and tied to the event loop it was made on, so the engine
-keeps one loop in a background thread: the sync methods (called from plain threads by
-sync web apps) and the async ones (called from any loop) all run their calls there.
+`asyncio.CancelledError` at its next await. The engine's calls run on its own event loop
+(`_loop.LoopThread`), whatever thread or loop they come from.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from temporalio.api.enums.v1 import PendingWorkflowTaskState
 from temporalio.client import (
     Client,
     WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowFailureError,
+    WorkflowHandle,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import TerminatedError, WorkflowAlreadyStartedError
 from temporalio.service import RetryConfig, RPCError, RPCStatusCode
 
 from jobkit.durations import Duration, to_seconds, utcnow
 from jobkit.errors import EngineUnavailableError, JobNotFoundError
 from jobkit.settings import JobkitSettings
 from jobkit_dispatch.engines.base import EngineBase, JobRequest
-from jobkit_dispatch.engines.temporal._model import MEMO_KEY, WORKFLOW_NAME, JobInput, JobState
+from jobkit_dispatch.engines.temporal._closed import failure_error, termination_error
+from jobkit_dispatch.engines.temporal._loop import LoopThread
+from jobkit_dispatch.engines.temporal._model import (
+    CANCELLED_UNSTARTED,
+    HISTORY_LIMIT_EVENTS,
+    HISTORY_WARN_EVENTS,
+    MEMO_KEY,
+    WORKFLOW_NAME,
+    JobInput,
+    JobState,
+)
 from jobkit_engine import JobError, JobInfo, JobStatus
 from jobkit_engine.runtime import DEFAULT_MAX_BYTES
 
 if TYPE_CHECKING:
     from jobkit_dispatch.engines.temporal.worker import BackgroundWorker
-
-T = TypeVar("T")
 
 ENGINE = "temporal"
 
@@ -53,56 +58,6 @@ _UNAVAILABLE = {
     RPCStatusCode.RESOURCE_EXHAUSTED,
     RPCStatusCode.CANCELLED,
 }
-
-
-class _LoopThread:
-    """An event loop in a daemon thread, started on first use."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                thread = threading.Thread(target=loop.run_forever, name=self._name, daemon=True)
-                thread.start()
-                self._loop, self._thread = loop, thread
-            return self._loop
-
-    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
-        """Run `coro` on the loop and wait for it from this (non-loop) thread."""
-        if threading.current_thread() is self._thread:
-            coro.close()
-            raise RuntimeError("a sync engine method was called on the engine's own loop")
-        future = self.submit(coro)
-        try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise EngineUnavailableError(f"Temporal did not answer within {timeout:g}s") from None
-
-    async def arun(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Await `coro` on the loop from any loop."""
-        loop = self.loop
-        if asyncio.get_running_loop() is loop:
-            return await coro
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
-
-    def stop(self) -> None:
-        with self._lock:
-            loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
-        if loop is not None and thread is not None:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=10)
-            loop.close()
 
 
 class TemporalEngine(EngineBase):
@@ -125,6 +80,8 @@ class TemporalEngine(EngineBase):
         connect_timeout: float = 2.0,
         rpc_timeout: float = 5.0,
         max_payload_bytes: int = DEFAULT_MAX_BYTES,
+        history_warn_events: int = HISTORY_WARN_EVENTS,
+        history_limit_events: int = HISTORY_LIMIT_EVENTS,
     ) -> None:
         self.address = address
         self.namespace = namespace
@@ -136,7 +93,10 @@ class TemporalEngine(EngineBase):
         self.connect_timeout = connect_timeout
         self.rpc_timeout = rpc_timeout
         self.max_payload_bytes = max_payload_bytes
-        self._loop = _LoopThread(f"jobkit-temporal-{address}")
+        # A job's history: a warning is logged past the first, the job fails at the second.
+        self.history_warn_events = history_warn_events
+        self.history_limit_events = history_limit_events
+        self._loop = LoopThread(f"jobkit-temporal-{address}")
         self._client: Client | None = None
         self._connecting: asyncio.Lock | None = None
         self._workers: list[BackgroundWorker] = []
@@ -265,6 +225,8 @@ class TemporalEngine(EngineBase):
             sleep_threshold=self.sleep_threshold,
             step_heartbeat_timeout=self.step_heartbeat_timeout,
             max_payload_bytes=self.max_payload_bytes,
+            history_warn_events=self.history_warn_events,
+            history_limit_events=self.history_limit_events,
         )
         try:
             await client.start_workflow(
@@ -323,11 +285,18 @@ class TemporalEngine(EngineBase):
                 job_id, ENGINE, status=JobStatus.SUCCEEDED, result=result, error=None, **finished
             )
         if status == WorkflowExecutionStatus.FAILED:
-            error = state.info(job_id, ENGINE).error or await self._failure(description)
+            # The memo has the error when the workflow failed the job itself; an error it
+            # holds otherwise is an earlier attempt's.
+            error = state.error if state.status == JobStatus.FAILED else None
+            error = JobError(**error.model_dump()) if error else await self._failure(description)
             return state.info(job_id, ENGINE, status=JobStatus.FAILED, error=error, **finished)
         if status == WorkflowExecutionStatus.TIMED_OUT:
             error = JobError("JobTimeoutError", "the workflow ran past its execution timeout")
             return state.info(job_id, ENGINE, status=JobStatus.FAILED, error=error, **finished)
+        if status == WorkflowExecutionStatus.TERMINATED:
+            error = await self._termination(description)
+            if error is not None:  # jobkit stopped the job for a fault of its own
+                return state.info(job_id, ENGINE, status=JobStatus.FAILED, error=error, **finished)
         # Cancelled, or terminated by an operator: stopped on request, without a result.
         return state.info(
             job_id, ENGINE, status=JobStatus.CANCELLED, scheduled_for=None, **finished
@@ -342,13 +311,21 @@ class TemporalEngine(EngineBase):
             raise self._unavailable(exc) from exc
 
     async def _failure(self, description: WorkflowExecutionDescription) -> JobError:
-        """The failure in the workflow's history, when the memo has none (a workflow fault)."""
+        """The failure in the workflow's history (a non-determinism error, a fault)."""
         try:
             await self._result(description)
         except WorkflowFailureError as exc:
-            cause = exc.cause
-            return JobError(getattr(cause, "type", None) or type(cause).__name__, str(cause))
-        return JobError("WorkflowFailureError", "the workflow failed")
+            return failure_error(description.id, exc.cause)
+        return failure_error(description.id, None)
+
+    async def _termination(self, description: WorkflowExecutionDescription) -> JobError | None:
+        """The error jobkit recorded when it terminated the workflow, if it did."""
+        try:
+            await self._result(description)
+        except WorkflowFailureError as exc:
+            if isinstance(exc.cause, TerminatedError):
+                return termination_error(exc.cause.details)
+        return None
 
     async def _cancel(self, job_id: str) -> bool:
         description = await self._describe(job_id)
@@ -364,7 +341,38 @@ class TemporalEngine(EngineBase):
             if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
                 return False  # it finished in between
             raise self._unavailable(exc) from exc
+        if _unstarted(description):
+            await self._end_unstarted(handle)
         return True
+
+    async def _end_unstarted(self, handle: WorkflowHandle[Any, Any]) -> None:
+        """End a cancelled job that no worker has started: it is cancelled now, instead of
+        when a worker of its queue, if any ever runs, picks it up.
+
+        Looked at again after the cancellation request: a worker that starts it from then
+        on sees the request before any job code runs, so terminating it loses nothing.
+        """
+        try:
+            description = await handle.describe(rpc_timeout=self._rpc_timeout)
+            if _unstarted(description):
+                await handle.terminate(reason=CANCELLED_UNSTARTED, rpc_timeout=self._rpc_timeout)
+        except RPCError:  # closed meanwhile, or unreachable: a worker ends it as cancelled
+            pass
+
+
+def _unstarted(description: WorkflowExecutionDescription) -> bool:
+    """No worker has started a workflow task of this workflow, so no job code ran."""
+    if description.status != WorkflowExecutionStatus.RUNNING:
+        return False
+    raw = description.raw_description
+    if (
+        raw.HasField("pending_workflow_task")
+        and raw.pending_workflow_task.state
+        == PendingWorkflowTaskState.PENDING_WORKFLOW_TASK_STATE_STARTED
+    ):
+        return False
+    # Started, first workflow task scheduled, cancellation requested: nothing else yet.
+    return (description.history_length or 0) <= 3
 
 
 def _running_status(state: JobState, now: datetime) -> JobStatus:

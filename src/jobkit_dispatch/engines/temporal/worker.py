@@ -24,18 +24,21 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from temporalio import workflow
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from jobkit.queues import QueueRegistry, default_queues
 from jobkit.settings import JobkitSettings
-from jobkit_dispatch.engines.temporal._model import SLOT_SIGNAL
+from jobkit_dispatch.engines.temporal._model import SLOT_SIGNAL, TERMINATION_KEY, ErrorState
 from jobkit_dispatch.engines.temporal._slots import SlotPool, register_pool, unregister_pool
+from jobkit_dispatch.engines.temporal._watchdog import ActivationWatchdog
 from jobkit_dispatch.engines.temporal.activities import SlotActivities, run_step
 from jobkit_dispatch.engines.temporal.workflow import JobWorkflow
-from jobkit_engine import default_registry, import_job_modules
+from jobkit_engine import JobError, default_registry, import_job_modules
 
 if TYPE_CHECKING:
     from jobkit_dispatch.engines.temporal.engine import TemporalEngine
@@ -46,6 +49,11 @@ JOBKIT_PACKAGES = ("jobkit", "jobkit_engine", "jobkit_dispatch")
 
 #: How long a stopping worker lets running steps finish before it cancels them.
 GRACEFUL_SHUTDOWN = timedelta(seconds=30)
+
+#: How often at most a running step's heartbeat goes to the server. A cancellation reaches
+#: an `async` step function in the reply to a heartbeat, so this is also how late it may
+#: arrive (temporalio's default is 80% of the heartbeat timeout, 24 s for jobkit's 30 s).
+HEARTBEAT_THROTTLE = timedelta(seconds=1)
 
 
 def sandbox_restrictions(modules: Sequence[str] = ()) -> SandboxRestrictions:
@@ -78,6 +86,7 @@ async def serve(
     runner = SandboxedWorkflowRunner(restrictions=sandbox_restrictions(modules))
     workers: list[Worker] = []
     pools: list[SlotPool] = []
+    watchdogs: list[ActivationWatchdog] = []
 
     async def nudge(job_id: str) -> None:
         await client.get_workflow_handle(job_id).signal(SLOT_SIGNAL)
@@ -88,11 +97,9 @@ async def serve(
             size = concurrency or spec.concurrency
             pool = register_pool(SlotPool(size, nudge, loop))
             pools.append(pool)
-            options: dict[str, Any] = {
-                "max_concurrent_activities": size,
-                "graceful_shutdown_timeout": GRACEFUL_SHUTDOWN,
-                **worker_options,
-            }
+            options = _worker_options(client, pool, size, worker_options)
+            if isinstance(options["workflow_task_executor"], ActivationWatchdog):
+                watchdogs.append(options["workflow_task_executor"])
             workers.append(
                 Worker(
                     client,
@@ -107,6 +114,39 @@ async def serve(
     finally:
         for pool in pools:
             unregister_pool(pool)
+        for watchdog in watchdogs:  # a thread still blocked in job code is not waited for
+            watchdog.shutdown(wait=False)
+
+
+def _worker_options(
+    client: Client, pool: SlotPool, size: int, worker_options: dict[str, Any]
+) -> dict[str, Any]:
+    """The `Worker` options of one queue: jobkit's defaults, then the caller's."""
+
+    async def terminate(workflow_id: str, run_id: str, error: JobError) -> None:
+        details = {TERMINATION_KEY: ErrorState.of(error).model_dump()}
+        handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+        try:
+            await handle.terminate(details, reason=f"jobkit: {error.type}")
+        except RPCError as exc:  # it closed meanwhile
+            log.warning("could not terminate job %s: %s", workflow_id, exc)
+        pool.release_job(workflow_id)
+
+    options: dict[str, Any] = {
+        "max_concurrent_activities": size,
+        "graceful_shutdown_timeout": GRACEFUL_SHUTDOWN,
+        # A workflow whose replay diverges from its history fails (get_job names the
+        # cause) instead of retrying its workflow task forever.
+        "workflow_failure_exception_types": [workflow.NondeterminismError],
+        "max_heartbeat_throttle_interval": HEARTBEAT_THROTTLE,
+        "default_heartbeat_throttle_interval": HEARTBEAT_THROTTLE,
+        **worker_options,
+    }
+    if "workflow_task_executor" not in options:
+        options["workflow_task_executor"] = ActivationWatchdog(
+            terminate, max_workers=options.get("max_concurrent_workflow_tasks") or 500
+        )
+    return options
 
 
 async def _run_until(

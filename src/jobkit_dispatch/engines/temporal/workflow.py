@@ -23,6 +23,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 from jobkit.queues import default_queues
+from jobkit_dispatch.engines.temporal._guard import HistoryGuard
 from jobkit_dispatch.engines.temporal._model import (
     ACQUIRE_SLOT,
     SLOT_SIGNAL,
@@ -99,6 +100,7 @@ class _ActivitySteps:
     async def run(
         self, step_id: str, ref: str, fn: Callable[..., Any], call: dict[str, Any]
     ) -> Any:
+        self._job._history.check(step_id)
         try:
             return await workflow.execute_activity(
                 ref,
@@ -145,6 +147,7 @@ class JobWorkflow:
         )
         self._results: dict[str, Any] = {}
         self._max_bytes = job.max_payload_bytes
+        self._history = HistoryGuard.of(job)
         self._dirty = False
         self._lease = 0.0  # seconds a slot is held at most: the attempt's timeout
         self._slot: str | None = None

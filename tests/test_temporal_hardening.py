@@ -1,0 +1,298 @@
+"""Nothing hangs on Temporal: each way a job could stay queued, running or sleeping
+forever ends in a final state that `get_job` shows, on a real dev server and worker.
+
+- handler code that blocks its workflow thread past Temporal's 2 s deadlock threshold
+  fails the job with a `WorkflowBlockedError` (and the worker keeps serving);
+- a replay that diverges from the history fails the job with a `NondeterminismError`;
+- a job whose history nears Temporal's limit fails with a `HistoryLimitError`, after one
+  warning;
+- a cancellation reaches a running async step within about a second;
+- a job no worker has picked up is cancelled at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from jobkit.queues import QueueSpec, default_queues
+from jobkit_dispatch import cancel_job, dispatch_job, get_job
+from jobkit_dispatch.conformance._files import count, open_gate, tally, wait_for_gate
+from jobkit_dispatch.testing import use_engine, wait_for_job
+from jobkit_dispatch.testing.temporal_server import TemporalDevServer
+from jobkit_engine import JobContext, JobStatus, Retry, job
+
+pytest.importorskip("temporalio")
+
+from temporalio.client import Client
+
+from jobkit_dispatch.engines.temporal import TemporalEngine
+
+PREFIX = "hardening-"
+QUEUE = "temporal-hardening"  # served by the module's worker
+BLOCK_QUEUE = "temporal-hardening-block"  # a worker per test, stopped inside the test
+REPLAY_QUEUE = "temporal-hardening-replay"  # a worker that caches no workflow
+IDLE_QUEUE = "temporal-hardening-idle"  # no worker, until the test starts one
+for _name in (QUEUE, BLOCK_QUEUE, REPLAY_QUEUE, IDLE_QUEUE):
+    default_queues.register(QueueSpec(_name, concurrency=2, default_timeout=timedelta(seconds=60)))
+
+RELEASE = threading.Event()  # lets a handler blocked in `hangs` go
+
+
+# -- jobs ----------------------------------------------------------------------------------
+
+
+class Work(BaseModel):
+    workdir: str
+    how: str = ""
+
+
+def note(workdir: str, name: str) -> str:
+    tally(workdir, name)
+    return name
+
+
+async def waits_then_marks(workdir: str) -> str:
+    """An async step that waits, cancellably, and writes a marker after the wait."""
+    tally(workdir, "waiting")
+    try:
+        await wait_for_gate(workdir, "wait")
+    except asyncio.CancelledError:
+        tally(workdir, "wait-cancelled")
+        raise
+    tally(workdir, "marker")
+    return "waited"
+
+
+@job("hardening.blocks", queue=BLOCK_QUEUE, retry=1)
+async def blocks(ctx: JobContext, payload: Work) -> str:
+    await ctx.step.run("before", note, payload.workdir, "before")
+    if payload.how == "sleeps":
+        time.sleep(3)  # noqa: ASYNC251 - the mistake under test
+    elif payload.how == "computes":
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            pass
+    else:  # hangs until the test lets go (in C: temporalio cannot interrupt it)
+        RELEASE.wait(30)
+    return await ctx.step.run("after", note, payload.workdir, "after")
+
+
+@job("hardening.quick", queue=BLOCK_QUEUE, retry=1)
+async def quick(ctx: JobContext, payload: Work) -> str:
+    return await ctx.step.run("only", note, payload.workdir, "quick")
+
+
+@job("hardening.idle", queue=IDLE_QUEUE, retry=1)
+async def idle(ctx: JobContext, payload: Work) -> str:
+    return await ctx.step.run("only", note, payload.workdir, "idle")
+
+
+@job("hardening.nondeterministic", queue=REPLAY_QUEUE, retry=Retry(attempts=2, initial_delay=0.0))
+async def nondeterministic(ctx: JobContext, payload: Work) -> str:
+    if ctx.attempt == 1:
+        raise ConnectionError("the first attempt fails")  # leaves an error in the memo
+    picked = f"pick-{uuid.uuid4().hex}"  # decided outside a step: differs on replay
+    await ctx.step.run(picked, note, payload.workdir, "pick")
+    return await ctx.step.run("after", note, payload.workdir, "after")
+
+
+@job("hardening.many-steps", queue=REPLAY_QUEUE, retry=1)
+async def many_steps(ctx: JobContext, payload: Work) -> int:
+    for i in range(100):
+        await ctx.step.run(f"step-{i}", note, payload.workdir, "step")
+    return 100
+
+
+@job("hardening.waits", queue=QUEUE, retry=1)
+async def waits(ctx: JobContext, payload: Work) -> str:
+    return await ctx.step.run("wait", waits_then_marks, payload.workdir)
+
+
+# -- fixtures and helpers ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine(jobkit_temporal_server: TemporalDevServer) -> Iterator[TemporalEngine]:
+    # The default step heartbeat timeout (30 s): cancellation must not wait for it.
+    engine = TemporalEngine(jobkit_temporal_server.address, task_queue_prefix=PREFIX)
+    with engine.start_worker([QUEUE]), use_engine(engine):
+        yield engine
+    engine.close()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> str:
+    return str(tmp_path)
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout}s")
+        time.sleep(0.02)
+
+
+def has_heartbeat(address: str, job_id: str) -> bool:
+    """Whether the server has a heartbeat of the job's running step: from then on the
+    worker throttles the step's heartbeats."""
+
+    async def run() -> bool:
+        client = await Client.connect(address)
+        description = await client.get_workflow_handle(job_id).describe()
+        pending = description.raw_description.pending_activities
+        return bool(pending) and pending[0].HasField("last_heartbeat_time")
+
+    return asyncio.run(run())
+
+
+def terminate(address: str, job_id: str, reason: str) -> None:
+    async def run() -> None:
+        client = await Client.connect(address)
+        await client.get_workflow_handle(job_id).terminate(reason=reason)
+
+    asyncio.run(run())
+
+
+# -- a handler that blocks its workflow thread ---------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["sleeps", "computes", "hangs"])
+def test_a_handler_that_blocks_its_thread_fails_the_job(
+    engine: TemporalEngine, workdir: str, how: str
+) -> None:
+    RELEASE.clear()
+    with engine.start_worker([BLOCK_QUEUE]):
+        started = time.monotonic()
+        d = dispatch_job(blocks, {"workdir": workdir, "how": how})
+        info = wait_for_job(d.job_id, timeout=20)
+        took = time.monotonic() - started
+        # The worker serves other jobs meanwhile and afterwards.
+        assert wait_for_job(dispatch_job(quick, {"workdir": workdir}).job_id).status == (
+            JobStatus.SUCCEEDED
+        )
+        RELEASE.set()
+    # The worker stopped, so the blocked thread has returned: it changed nothing.
+    assert info.status == JobStatus.FAILED, info
+    assert get_job(d.job_id) == info
+    assert info.error is not None and info.error.type == "WorkflowBlockedError"
+    message = info.error.message
+    assert d.job_id in message and "2 s" in message
+    assert "move blocking or cpu-heavy work" in message.lower() and "ctx.step.run" in message
+    assert "in blocks" in message and info.error.traceback  # where the handler was
+    assert (info.attempts, count(workdir, "before"), count(workdir, "after")) == (1, 1, 0)
+    assert took < 12
+
+
+def test_an_operators_termination_still_means_cancelled(
+    engine: TemporalEngine, jobkit_temporal_server: TemporalDevServer, workdir: str
+) -> None:
+    d = dispatch_job(waits, {"workdir": workdir})
+    eventually(lambda: count(workdir, "waiting") == 1)
+    terminate(jobkit_temporal_server.address, d.job_id, "stopped by an operator")
+    info = wait_for_job(d.job_id, timeout=10)
+    assert (info.status, info.error) == (JobStatus.CANCELLED, None)
+    open_gate(workdir, "wait")
+
+
+# -- non-determinism -----------------------------------------------------------------------
+
+
+def test_a_replay_that_diverges_fails_the_job_with_the_cause(
+    engine: TemporalEngine, workdir: str
+) -> None:
+    """A worker that caches nothing replays every workflow task: the step id drawn from
+    uuid4 outside a step differs, which Temporal reports as non-determinism."""
+    with engine.start_worker([REPLAY_QUEUE], max_cached_workflows=0):
+        d = dispatch_job(nondeterministic, {"workdir": workdir})
+        info = wait_for_job(d.job_id, timeout=20)
+    assert info.status == JobStatus.FAILED, info
+    assert info.error is not None and info.error.type == "NondeterminismError"  # not attempt 1's
+    message = info.error.message
+    assert d.job_id in message and "TMPRL1100" in message and "pick-" in message
+    assert "deterministic" in message and "ctx.step.run" in message
+    assert (info.attempts, count(workdir, "pick"), count(workdir, "after")) == (2, 1, 0)
+
+
+# -- the history limit ---------------------------------------------------------------------
+
+
+def test_a_job_near_the_history_limit_is_warned_once_then_fails(
+    engine: TemporalEngine,
+    jobkit_temporal_server: TemporalDevServer,
+    workdir: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    low = TemporalEngine(
+        jobkit_temporal_server.address,
+        task_queue_prefix=PREFIX,
+        history_warn_events=30,
+        history_limit_events=60,
+    )
+    caplog.set_level(logging.WARNING, logger="temporalio.workflow")
+    # Replaying every task runs each check again; the warning still comes once.
+    with engine.start_worker([REPLAY_QUEUE], max_cached_workflows=0), use_engine(low):
+        d = dispatch_job(many_steps, {"workdir": workdir})
+        info = wait_for_job(d.job_id, timeout=30)
+    low.close()
+    assert info.status == JobStatus.FAILED, info
+    assert info.error is not None and info.error.type == "HistoryLimitError"
+    message = info.error.message
+    assert d.job_id in message and "limit of 60" in message and "split" in message
+    events = int(message.split(" has ")[1].split(" events")[0])
+    assert 60 <= events < 70
+    assert info.attempts == 1
+    steps = count(workdir, "step")
+    assert 3 <= steps < 20  # stopped long before the 100 steps
+    warnings = [r for r in caplog.records if d.job_id in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert "consider splitting" in warnings[0].getMessage()
+
+
+# -- cancellation --------------------------------------------------------------------------
+
+
+def test_a_cancel_reaches_an_async_step_within_seconds(
+    engine: TemporalEngine, jobkit_temporal_server: TemporalDevServer, workdir: str
+) -> None:
+    d = dispatch_job(waits, {"workdir": workdir})
+    eventually(lambda: count(workdir, "waiting") == 1)
+    eventually(lambda: has_heartbeat(jobkit_temporal_server.address, d.job_id), timeout=5)
+    started = time.monotonic()
+    assert cancel_job(d.job_id) is True
+    assert wait_for_job(d.job_id, timeout=10).status == JobStatus.CANCELLED
+    eventually(lambda: count(workdir, "wait-cancelled") == 1, timeout=5)
+    assert time.monotonic() - started < 3  # not the heartbeat timeout's 24 s
+    open_gate(workdir, "wait")  # the wait would end now, had the step not been stopped
+    # The worker runs a job after that: a marker would have been written by then.
+    assert wait_for_job(dispatch_job(waits, {"workdir": workdir}).job_id).status == (
+        JobStatus.SUCCEEDED
+    )
+    assert (count(workdir, "waiting"), count(workdir, "marker")) == (2, 1)
+
+
+@pytest.mark.parametrize("delay", [None, timedelta(minutes=5)])
+def test_a_job_no_worker_picked_up_is_cancelled_at_once(
+    engine: TemporalEngine, workdir: str, delay: timedelta | None
+) -> None:
+    d = dispatch_job(idle, {"workdir": workdir}, delay=delay)
+    assert get_job(d.job_id).status in (JobStatus.QUEUED, JobStatus.SCHEDULED)
+    assert cancel_job(d.job_id) is True
+    info = wait_for_job(d.job_id, timeout=2)
+    assert (info.status, info.error, info.attempts) == (JobStatus.CANCELLED, None, 0)
+    assert cancel_job(d.job_id) is False
+    with engine.start_worker([IDLE_QUEUE]):  # a worker comes: it has nothing to run
+        other = dispatch_job(idle, {"workdir": workdir})
+        assert wait_for_job(other.job_id).status == JobStatus.SUCCEEDED
+    assert count(workdir, "idle") == 1
+    assert get_job(d.job_id).status == JobStatus.CANCELLED
