@@ -173,15 +173,16 @@ def test_a_handler_that_blocks_its_thread_fails_the_job(
 ) -> None:
     RELEASE.clear()
     with engine.start_worker([BLOCK_QUEUE]):
-        started = time.monotonic()
-        d = dispatch_job(blocks, {"workdir": workdir, "how": how})
-        info = wait_for_job(d.job_id, timeout=20)
-        took = time.monotonic() - started
-        # The worker serves other jobs meanwhile and afterwards.
-        assert wait_for_job(dispatch_job(quick, {"workdir": workdir}).job_id).status == (
-            JobStatus.SUCCEEDED
-        )
-        RELEASE.set()
+        try:
+            started = time.monotonic()
+            d = dispatch_job(blocks, {"workdir": workdir, "how": how})
+            info = wait_for_job(d.job_id, timeout=20)
+            took = time.monotonic() - started
+            # The worker serves other jobs meanwhile and afterwards.
+            quick_job = dispatch_job(quick, {"workdir": workdir})
+            assert wait_for_job(quick_job.job_id).status == JobStatus.SUCCEEDED
+        finally:
+            RELEASE.set()
     # The worker stopped, so the blocked thread has returned: it changed nothing.
     assert info.status == JobStatus.FAILED, info
     assert get_job(d.job_id) == info
@@ -222,6 +223,27 @@ def test_a_replay_that_diverges_fails_the_job_with_the_cause(
     assert d.job_id in message and "TMPRL1100" in message and "pick-" in message
     assert "deterministic" in message and "ctx.step.run" in message
     assert (info.attempts, count(workdir, "pick"), count(workdir, "after")) == (2, 1, 0)
+
+
+def test_a_workflow_that_cannot_start_fails_instead_of_retrying(
+    engine: TemporalEngine, jobkit_temporal_server: TemporalDevServer
+) -> None:
+    """A fault of the workflow itself (here an input from an incompatible client) would
+    fail its workflow task on every retry: it fails the job instead."""
+    job_id = f"bad-input-{uuid.uuid4().hex}"
+    memo = {"jobkit": {"job_name": "hardening.waits", "queue": QUEUE, "status": "queued"}}
+
+    async def start() -> None:
+        client = await Client.connect(jobkit_temporal_server.address)
+        await client.start_workflow(
+            "jobkit.job", {"job_name": 3}, id=job_id, task_queue=PREFIX + QUEUE, memo=memo
+        )
+
+    asyncio.run(start())
+    info = wait_for_job(job_id, timeout=10)
+    assert info.status == JobStatus.FAILED, info
+    assert info.error is not None and info.error.type == "ValidationError"
+    assert "JobInput" in info.error.message
 
 
 # -- the history limit ---------------------------------------------------------------------

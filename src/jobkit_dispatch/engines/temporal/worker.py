@@ -24,7 +24,6 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from temporalio import workflow
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
@@ -135,9 +134,10 @@ def _worker_options(
     options: dict[str, Any] = {
         "max_concurrent_activities": size,
         "graceful_shutdown_timeout": GRACEFUL_SHUTDOWN,
-        # A workflow whose replay diverges from its history fails (get_job names the
-        # cause) instead of retrying its workflow task forever.
-        "workflow_failure_exception_types": [workflow.NondeterminismError],
+        # A workflow whose replay diverges from its history (a NondeterminismError), or
+        # that cannot even start (an input it cannot decode), fails with the cause instead
+        # of retrying its workflow task forever: Temporal would replay the same code.
+        "workflow_failure_exception_types": [Exception],
         "max_heartbeat_throttle_interval": HEARTBEAT_THROTTLE,
         "default_heartbeat_throttle_interval": HEARTBEAT_THROTTLE,
         **worker_options,
