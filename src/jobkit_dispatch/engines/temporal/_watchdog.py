@@ -2,20 +2,25 @@
 
 temporalio runs each workflow activation in a thread of the worker's
 `workflow_task_executor` and, when one has not yielded after 2 s, fails the workflow
-*task* ("TMPRL1101 potential deadlock"). Temporal retries the task, the handler (replayed)
-blocks again, and the job would stay `running` forever. Handler code outside steps that
-sleeps, does I/O or computes for seconds is the usual cause.
+*task* ("TMPRL1101 potential deadlock") and evicts the workflow. Temporal retries the
+task, the handler (replayed) blocks again, and the job would stay `running` forever.
+Handler code outside steps that sleeps, does I/O or computes for seconds is the cause.
 
-`ActivationWatchdog` is that executor. It times each activation and, when a job's thread
-stays blocked past the threshold a second time on this worker, or once for longer than
-`stuck_after` (a thread that never returns gets no second chance), it terminates the job's
-workflow with a `WorkflowBlockedError` in the termination's details (`TERMINATION_KEY`),
-which `get_job` reports as the job's error. One block is forgiven: a process stalled as a
-whole (a step holding the GIL, swapping) can delay any activation once.
+`ActivationWatchdog` is that executor. It sees temporalio's verdict in the eviction that
+follows (its message quotes TMPRL1101) and times each activation itself. A job is
+terminated, with a `WorkflowBlockedError` in the termination's details
+(`TERMINATION_KEY`) that `get_job` reports as the job's error, when
+
+- it blocks again after a TMPRL1101 eviction on this worker (one block is forgiven: a
+  worker process stalled as a whole, by a step holding the GIL or by swapping, can delay
+  any activation once), or
+- one activation stays blocked for `stuck_after` seconds: a thread that does not return
+  never leads to the eviction that would count a second block.
 
 The blocked thread is left alone: when it returns, temporalio sends a completion that the
-server refuses (the workflow is closed) and evicts the run; the worker serves other jobs
-meanwhile, on other threads.
+server refuses (the workflow is closed) and evicts the run, and a task the worker had
+already taken for that run is refused without running job code. The worker serves other
+jobs meanwhile, on other threads.
 """
 
 from __future__ import annotations
@@ -26,9 +31,9 @@ import logging
 import sys
 import threading
 import time
-import traceback
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from traceback import StackSummary
 from types import FrameType
 from typing import Any
 
@@ -43,8 +48,11 @@ DEADLOCK_TIMEOUT = 2.0  # seconds: temporalio's deadlock detector, fixed in the 
 
 Terminate = Callable[[str, str, JobError], Awaitable[None]]
 
+_DEADLOCK_CODE = "[TMPRL1101]"  # in the message of temporalio's eviction for a deadlock
+_SNAPSHOT = 0.75  # of the threshold: when a slow activation's stack is taken
+_MARGIN = 0.1  # seconds past the threshold: temporalio has surely given up on it then
 _LAG_TOLERANCE = 1.0  # seconds late a timer may fire before the process counts as stalled
-_KEPT = 10_000  # jobs whose first block (runs whose termination) is remembered
+_KEPT = 10_000  # entries each table keeps: jobs blocked once, runs terminated, stacks
 _STRIKE_MEMORY = 600.0  # seconds a first block is remembered
 _INTERNAL = {"temporalio", "jobkit", "jobkit_engine", "jobkit_dispatch"}
 
@@ -69,7 +77,8 @@ class ActivationWatchdog(concurrent.futures.ThreadPoolExecutor):
         self._terminate = terminate
         self._lock = threading.Lock()
         self._workflow_ids: dict[str, str] = {}  # run id -> workflow id
-        self._strikes: OrderedDict[str, float] = OrderedDict()  # workflow id -> first block
+        self._stacks: OrderedDict[str, StackSummary] = OrderedDict()  # run id -> where
+        self._strikes: OrderedDict[str, float] = OrderedDict()  # workflow id -> last block
         self._terminated: OrderedDict[str, None] = OrderedDict()  # run ids
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -77,68 +86,106 @@ class ActivationWatchdog(concurrent.futures.ThreadPoolExecutor):
         activation = args[0] if len(args) == 1 and not kwargs else None
         if not isinstance(activation, WorkflowActivation):
             return super().submit(fn, *args, **kwargs)
+        run_id = activation.run_id
         workflow_id = self._workflow_id(activation)
-        try:
-            loop = asyncio.get_running_loop()  # temporalio submits from the worker's loop
-        except RuntimeError:
-            loop = None
-        if workflow_id is None or loop is None:
+        if workflow_id is None:  # an eviction (see _workflow_id), or an unknown run
             return super().submit(fn, *args, **kwargs)
-        if activation.run_id in self._terminated:
+        if run_id in self._terminated:
             # A task the worker had taken before the termination: running the handler
             # again would only block another thread. Failing it lets the run be evicted.
             refused: concurrent.futures.Future[Any] = concurrent.futures.Future()
             refused.set_exception(RuntimeError(f"job {workflow_id} was terminated: blocked"))
             return refused
-        watch = _Watch(self, loop, workflow_id, activation.run_id)
+        try:
+            loop = asyncio.get_running_loop()  # temporalio submits from the worker's loop
+        except RuntimeError:
+            return super().submit(fn, *args, **kwargs)
+        watch = _Watch(self, loop, workflow_id, run_id)
         future = super().submit(watch.run, fn, activation)
         future.add_done_callback(watch.done)
-        watch.timer = loop.call_later(self.threshold, watch.check)
+        watch.schedule(_SNAPSHOT * self.threshold, watch.snapshot)
         return future
 
     def _workflow_id(self, activation: WorkflowActivation) -> str | None:
         """The workflow of a run: an activation names only its run, except the first one
-        (`initialize_workflow`) that a worker gets for a run it does not have cached."""
+        (`initialize_workflow`) that a worker gets for a run it does not have cached.
+        None for an eviction, after counting it if temporalio evicts for a deadlock."""
         run_id = activation.run_id
         with self._lock:
             for job in activation.jobs:
                 if job.HasField("initialize_workflow"):
                     self._workflow_ids[run_id] = job.initialize_workflow.workflow_id
-                elif job.HasField("remove_from_cache"):  # an eviction, not handler code
-                    self._workflow_ids.pop(run_id, None)
+                elif job.HasField("remove_from_cache"):
+                    workflow_id = self._workflow_ids.pop(run_id, None)
+                    stack = self._stacks.pop(run_id, None)
+                    deadlock = _DEADLOCK_CODE in job.remove_from_cache.message
+                    if deadlock and workflow_id is not None:
+                        self._deadlocked(workflow_id, run_id, stack)
                     return None
             return self._workflow_ids.get(run_id)
 
-    def blocked(self, watch: _Watch, frame: FrameType | None, stuck: bool = False) -> bool:
-        """`watch`'s activation was blocked past the threshold (on the loop thread); say
-        whether its job was terminated for it."""
-        now = time.monotonic()
-        with self._lock:
-            first = self._strikes.pop(watch.workflow_id, None)
-            if first is not None and now - first > _STRIKE_MEMORY:
-                first = None
-            if first is None and not stuck:
-                _remember(self._strikes, watch.workflow_id, now)
-            else:
-                _remember(self._terminated, watch.run_id, None)
-        if first is None and not stuck:
-            log.warning(
-                "job %s blocked its workflow thread for more than %gs; Temporal retries its "
-                "workflow task, and a second block fails the job",
-                watch.workflow_id,
-                self.threshold,
-            )
+    def _deadlocked(self, workflow_id: str, run_id: str, stack: StackSummary | None) -> None:
+        """temporalio evicted `run_id` for a deadlock (the caller holds the lock)."""
+        if run_id in self._terminated:
+            return
+        if self._blocked_before(workflow_id):
+            self._end(workflow_id, run_id, stack)
+            return
+        _remember(self._strikes, workflow_id, time.monotonic())
+        log.warning(
+            "job %s blocked its workflow thread for more than %gs; Temporal retries its "
+            "workflow task, and a second block fails the job",
+            workflow_id,
+            self.threshold,
+        )
+
+    def _blocked_before(self, workflow_id: str, since: float | None = None) -> bool:
+        """Whether the job was evicted for a deadlock lately (and before `since`: the
+        eviction for a block can arrive while that block goes on)."""
+        last = self._strikes.get(workflow_id)
+        if last is None or time.monotonic() - last > _STRIKE_MEMORY:
             return False
-        error = blocked_error(watch.workflow_id, self.threshold, frame)
+        return since is None or last < since
+
+    def _end(self, workflow_id: str, run_id: str, stack: StackSummary | None) -> None:
+        """Terminate the job (the caller holds the lock); the call runs on the loop."""
+        self._strikes.pop(workflow_id, None)
+        _remember(self._terminated, run_id, None)
+        error = blocked_error(workflow_id, self.threshold, stack)
         log.error("%s", error.message)
-        task = asyncio.ensure_future(self._terminate(watch.workflow_id, watch.run_id, error))
+        self._spawn(self._terminate(workflow_id, run_id, error))
+
+    def _spawn(self, call: Coroutine[Any, Any, None]) -> None:
+        try:
+            task = asyncio.ensure_future(call)  # on the worker's loop, as temporalio calls us
+        except RuntimeError:
+            call.close()
+            log.error("no event loop to terminate a blocked job on")
+            return
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return True
+
+    def remember_stack(self, run_id: str, stack: StackSummary | None) -> None:
+        """Where `run_id`'s slow activation was, for the error if its eviction ends it."""
+        if stack is not None:
+            with self._lock:
+                _remember(self._stacks, run_id, stack)
+
+    def still_blocked(self, watch: _Watch, stack: StackSummary | None, *, stuck: bool) -> bool:
+        """`watch`'s activation runs past the threshold (or `stuck_after`, when `stuck`):
+        terminate its job if that is its second block; say whether it was terminated."""
+        with self._lock:
+            if watch.run_id in self._terminated:
+                return True
+            if not stuck and not self._blocked_before(watch.workflow_id, watch.started):
+                return False
+            self._end(watch.workflow_id, watch.run_id, stack or self._stacks.get(watch.run_id))
+            return True
 
 
 class _Watch:
-    """One activation: its thread, when it started, and whether it was blocked."""
+    """The timers of one activation: where it is at 1.5 s, whether it still runs at 2 s
+    (after an earlier block of its job) and at `stuck_after`."""
 
     def __init__(
         self,
@@ -154,7 +201,7 @@ class _Watch:
         self.thread: int | None = None
         self.started: float | None = None
         self.finished = False
-        self.counted = False  # a block of this activation is counted once
+        self.stack: StackSummary | None = None  # where it was at the snapshot
         self.timer: asyncio.TimerHandle | None = None
 
     def run(self, fn: Callable[[WorkflowActivation], Any], activation: WorkflowActivation) -> Any:
@@ -162,38 +209,37 @@ class _Watch:
         self.started = time.monotonic()
         return fn(activation)
 
+    def done(self, _future: concurrent.futures.Future[Any]) -> None:
+        self.finished = True  # the timers see it and stop; no wake-up of the loop
+
+    def schedule(self, at: float, check: Callable[[], None]) -> None:
+        """Call `check` when the activation has run `at` seconds."""
+        elapsed = 0.0 if self.started is None else time.monotonic() - self.started
+        self.timer = self.loop.call_later(max(at - elapsed, 0.0), check)
+
+    def snapshot(self) -> None:
+        if self.finished:
+            return
+        if self.started is None:  # still waiting for a thread
+            self.schedule(_SNAPSHOT * self.owner.threshold, self.snapshot)
+            return
+        self.stack = _user_stack(self._frame())
+        self.owner.remember_stack(self.run_id, self.stack)
+        self.schedule(self.owner.threshold + _MARGIN, self.check)
+
     def check(self) -> None:
-        """Timer: still running past the threshold?"""
-        if self.finished or self.counted:
+        if self.finished or self.owner.still_blocked(self, self.stack, stuck=False):
             return
-        elapsed = self._elapsed()
-        if elapsed < self.owner.threshold:  # it waited for a thread: count from its start
-            self.timer = self.loop.call_later(self.owner.threshold - elapsed, self.check)
-            return
-        self.counted = True
-        if self.owner.blocked(self, self._frame()):
-            self.timer = None
-            return
-        self.timer = self.loop.call_later(self.owner.stuck_after - elapsed, self.check_stuck)
+        self.schedule(self.owner.stuck_after, self.check_stuck)
 
     def check_stuck(self) -> None:
-        """Timer: still running after `stuck_after`? Then it will not return soon."""
         if self.finished or self.timer is None:
             return
-        late = self.loop.time() - self.timer.when()
-        if late > _LAG_TOLERANCE:  # the whole process stalled: look again later
-            self.timer = self.loop.call_later(self.owner.stuck_after, self.check_stuck)
+        if self.loop.time() - self.timer.when() > _LAG_TOLERANCE:
+            # The whole process stalled (the loop could not run either): look again later.
+            self.schedule(self._elapsed() + self.owner.stuck_after, self.check_stuck)
             return
-        self.owner.blocked(self, self._frame(), stuck=True)
-        self.timer = None
-
-    def done(self, _future: concurrent.futures.Future[Any]) -> None:
-        """In the activation's thread: a block seen only at the end (temporalio
-        interrupts a busy thread right at the threshold) counts too."""
-        self.finished = True
-        if not self.counted and self._elapsed() >= self.owner.threshold:
-            self.counted = True
-            self.loop.call_soon_threadsafe(self.owner.blocked, self, None)
+        self.owner.still_blocked(self, _user_stack(self._frame()), stuck=True)
 
     def _elapsed(self) -> float:
         return 0.0 if self.started is None else time.monotonic() - self.started
@@ -204,13 +250,13 @@ class _Watch:
 
 def _remember(table: OrderedDict[str, Any], key: str, value: Any) -> None:
     table[key] = value
+    table.move_to_end(key)
     while len(table) > _KEPT:
         table.popitem(last=False)
 
 
-def blocked_error(workflow_id: str, threshold: float, frame: FrameType | None) -> JobError:
-    """The error of a blocked job, naming where its handler was when it could."""
-    stack = _user_stack(frame)
+def blocked_error(workflow_id: str, threshold: float, stack: StackSummary | None) -> JobError:
+    """The error of a blocked job, naming where its handler was when it is known."""
     where = ""
     if stack:
         first = stack[0]
@@ -221,25 +267,24 @@ def blocked_error(workflow_id: str, threshold: float, frame: FrameType | None) -
         "workflow task and would never finish it. Move blocking or CPU-heavy work (sleep, "
         "I/O, long computations) into ctx.step.run"
     )
-    text = "".join(traceback.format_list(stack)) if stack else None
+    text = "".join(stack.format()) if stack else None
     return JobError(BLOCKED_ERROR, message, text)
 
 
-def _user_stack(frame: FrameType | None) -> traceback.StackSummary:
+def _user_stack(frame: FrameType | None) -> StackSummary | None:
     """The blocked thread's stack from the outermost frame of job code inward."""
     if frame is None:
-        return traceback.StackSummary()
-    summary = traceback.extract_stack(frame)
+        return None
     frames = []
-    seen = frame
+    seen: FrameType | None = frame
     while seen is not None:
         frames.append(seen)
         seen = seen.f_back
     frames.reverse()
     for index, each in enumerate(frames):
         if _is_job_code(each):
-            return traceback.StackSummary.from_list(summary[index:])
-    return traceback.StackSummary()
+            return StackSummary.extract((f, f.f_lineno) for f in frames[index:])
+    return None
 
 
 def _is_job_code(frame: FrameType) -> bool:
