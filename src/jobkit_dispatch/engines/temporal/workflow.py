@@ -21,6 +21,7 @@ from typing import Any
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
+from temporalio.workflow import ActivityCancellationType
 
 from jobkit.queues import default_queues
 from jobkit_dispatch.engines.temporal._guard import HistoryGuard
@@ -57,6 +58,9 @@ STEP_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
     maximum_attempts=0,
 )
+# A cancelled job waits until its running step has stopped (within about a second, the
+# heartbeat throttle), so that no step goes on once get_job says cancelled.
+STEP_CANCELLATION = ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
 SLOT_RECHECK = timedelta(seconds=30)  # a queued job asks again, in case its worker died
 _LEASE_MARGIN = 60.0  # seconds a slot may outlive the attempt's timeout
 
@@ -110,6 +114,7 @@ class _ActivitySteps:
                 start_to_close_timeout=self._budget(),
                 heartbeat_timeout=self._job._heartbeat_timeout,
                 retry_policy=STEP_RETRY,
+                cancellation_type=STEP_CANCELLATION,
             )
         except ActivityError as exc:
             failure = from_activity_error(step_id, exc)
