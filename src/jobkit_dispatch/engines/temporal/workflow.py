@@ -106,7 +106,7 @@ class _ActivitySteps:
     ) -> Any:
         self._job._history.check(step_id)
         try:
-            return await workflow.execute_activity(
+            result = await workflow.execute_activity(
                 ref,
                 {**call, "max_bytes": self._job._max_bytes},
                 activity_id=step_id,
@@ -119,6 +119,10 @@ class _ActivitySteps:
         except ActivityError as exc:
             failure = from_activity_error(step_id, exc)
             raise failure from failure.__cause__
+        # A step that finished as the cancel came (STEP_CANCELLATION hands its result back):
+        # the job is cancelled all the same.
+        await _refuse_if_cancelled(step_id)
+        return result
 
     def _budget(self) -> timedelta:
         """What is left of the attempt's timeout: a step never outlives its attempt."""
