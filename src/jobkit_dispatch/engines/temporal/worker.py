@@ -7,8 +7,11 @@ worker (see `_slots`), and at most that many steps.
 
 Job modules are imported once, before the workers start, outside the workflow sandbox;
 the sandbox passes them and jobkit's packages through, so the registry a workflow reads
-is the one they filled and job modules may import any library. The sandbox's checks
-(no `open()`, no wall clock, no randomness) apply to code outside steps.
+is the one they filled and job modules may import any library. Passed through, job
+modules are only partly checked by the sandbox: it refuses `open()` from anywhere, but
+not the clock or random numbers, which then surface on replay as a non-determinism
+error. Strict mode (`jobkit_engine.strict`, on in the inline test helpers) holds code
+outside steps to the sandbox's whole list before a job reaches a worker.
 """
 
 from __future__ import annotations
