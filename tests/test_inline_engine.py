@@ -6,6 +6,9 @@ import asyncio
 import threading
 from datetime import timedelta
 
+import pytest
+
+from jobkit.settings import get_settings
 from jobkit_dispatch import dispatch_job, get_job
 from jobkit_dispatch.conformance import jobs
 from jobkit_dispatch.conformance._files import count, open_gate
@@ -80,3 +83,20 @@ def test_close_stops_running_jobs(tmp_path: object) -> None:
         wait_for_job(d.job_id, _running)
     assert engine.get(d.job_id).status == JobStatus.CANCELLED  # type: ignore[union-attr]
     assert count(workdir, "finished-never") == 0
+
+
+def test_the_size_limit_is_the_setting_every_engine_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    payload = {"text": "ab", "times": 2500}  # a result of about 5,000 bytes
+    with inline_engine():
+        assert wait_for_job(dispatch_job(jobs.echo, payload).job_id).status == "succeeded"
+    monkeypatch.setenv("JOBKIT_MAX_PAYLOAD_BYTES", "1000")
+    get_settings.cache_clear()
+    try:
+        with inline_engine():
+            info = wait_for_job(dispatch_job(jobs.echo, payload).job_id)
+    finally:
+        get_settings.cache_clear()
+    assert info.status == JobStatus.FAILED
+    assert info.error is not None and info.error.type == "PayloadTooLargeError"

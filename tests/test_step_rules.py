@@ -134,3 +134,24 @@ def wrapped(x: int) -> int:
 
 def test_a_function_decorated_with_wraps_is_accepted() -> None:
     assert step_ref("s", wrapped) == f"{__name__}:wrapped"
+
+
+def test_a_step_name_never_makes_a_worker_import_a_module() -> None:
+    from jobkit_engine.runtime import resolve_ref
+
+    assert resolve_ref(f"{__name__}:plain") is plain
+    with pytest.raises(StepError, match="has not imported"):
+        resolve_ref("antigravity_is_not_loaded:fly")
+    with pytest.raises(StepError, match="not a step function of the application"):
+        resolve_ref("os:system")
+    assert "antigravity_is_not_loaded" not in __import__("sys").modules
+
+
+class Heir(Steps):
+    pass
+
+
+def test_an_inherited_classmethod_is_refused_where_a_worker_would_call_another_class() -> None:
+    with pytest.raises(StepError, match="inherited by Heir"):
+        step_ref("s", Heir.klass)
+    assert step_ref("s", Heir.static) == f"{__name__}:Steps.static"  # no class involved

@@ -3,14 +3,14 @@
 On Temporal a step runs in an activity, so its exception must cross a process boundary;
 inline and RQ run the step in the worker itself, but send its exception through the same
 encoding so that a handler sees the same thing everywhere: an exception of the step's own
-class (imported again where its module can be imported), with the step's message and its
-JSON-able attributes, chained to the step's traceback. Attributes that are not JSON are
-dropped on every engine, not only where the exception crossed a wire.
+class (looked up where its module is loaded: a name in a failure never makes a worker
+import anything), with the step's message and its JSON-able attributes, chained to the
+step's traceback. Attributes that are not JSON are dropped on every engine, not only where
+the exception crossed a wire.
 """
 
 from __future__ import annotations
 
-import importlib
 import sys
 import traceback
 from collections.abc import Callable
@@ -63,9 +63,9 @@ def encode_exception(exc: BaseException) -> dict[str, Any]:
 
 def decode_exception(data: dict[str, Any], importer: Importer | None = None) -> Exception:
     """An exception of the encoded class (or a stand-in of the same name), chained to the
-    step's traceback. `importer` imports a module by name (the Temporal workflow passes
-    one that imports outside its sandbox); by default only modules whose package this
-    process has imported already are imported, so data never makes a worker load code."""
+    step's traceback. `importer` finds a module by name (the Temporal workflow passes one
+    that reaches outside its sandbox); by default only a module this process has loaded
+    already, so data never makes a worker import anything."""
     message = str(data.get("message", ""))
     type_name = str(data.get("type") or "StepFailedError")
     cls = _load_class(data.get("module"), data.get("qualname"), importer or _import_known)
@@ -96,9 +96,10 @@ def _json_attributes(exc: BaseException) -> dict[str, Any]:
 
 
 def _import_known(module: str) -> ModuleType:
-    if module.partition(".")[0] not in sys.modules:
+    loaded = sys.modules.get(module)
+    if loaded is None:
         raise ImportError(f"{module} is not loaded in this process")
-    return importlib.import_module(module)
+    return loaded
 
 
 def _load_class(module: Any, qualname: Any, importer: Importer) -> type[Exception] | None:

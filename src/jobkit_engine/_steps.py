@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import inspect
 import json
 import sys
@@ -66,6 +65,12 @@ def step_ref(step_id: str, fn: Callable[..., Any]) -> str:
             "worker cannot rebuild; use a module-level function, a staticmethod or a "
             "classmethod"
         )
+    if inspect.ismethod(fn) and fn.__qualname__.rpartition(".")[0] != owner.__qualname__:
+        raise StepError(
+            f"step {step_id!r}: {fn.__qualname__} is inherited by {owner.__qualname__}, but a "
+            f"worker would call it on {fn.__qualname__.rpartition('.')[0]}; call it on the "
+            "class that defines it, or define it on this class"
+        )
     module = getattr(fn, "__module__", None)
     qualname = getattr(fn, "__qualname__", None)
     if not isinstance(module, str) or not isinstance(qualname, str) or "<" in qualname:
@@ -90,17 +95,25 @@ def step_ref(step_id: str, fn: Callable[..., Any]) -> str:
 
 
 def resolve_ref(ref: str) -> Callable[..., Any]:
-    """The step function named `ref` (importing its module); a `StepError` otherwise."""
+    """The step function named `ref`, from a module this process has imported already;
+    a `StepError` otherwise.
+
+    A step's name arrives as data (an activity type), so it never makes a worker import
+    anything: the modules a worker runs steps from are those its job modules brought in
+    (`--import`), and nothing of the standard library.
+    """
     module_name, _, qualname = ref.partition(":")
     _refuse_library(ref, ref)
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as exc:
-        raise StepError(f"cannot import step function {ref}: {exc}") from None
+    target: Any = sys.modules.get(module_name)
+    if target is None:
+        raise StepError(
+            f"step function {ref}: this worker has not imported {module_name!r}; a step "
+            "function must live in a module the worker's job modules import"
+        )
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
     if not callable(target):
-        raise StepError(f"step function {ref} is not callable")
+        raise StepError(f"step function {ref} is not a function of {module_name!r}")
     return target
 
 

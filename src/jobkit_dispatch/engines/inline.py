@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 from jobkit.errors import JobNotFoundError
 from jobkit.queues import QueueRegistry, default_queues
+from jobkit.settings import get_settings
 from jobkit_dispatch.engines.base import EngineBase, JobRequest
 from jobkit_engine import (
     Clock,
@@ -37,7 +38,6 @@ from jobkit_engine import (
     default_registry,
 )
 from jobkit_engine.runtime import (
-    DEFAULT_MAX_BYTES,
     Cancelled,
     DictStepMemo,
     Finish,
@@ -133,14 +133,18 @@ class InlineEngine(EngineBase):
         concurrency: Mapping[str, int] | None = None,
         registry: JobRegistry = default_registry,
         queues: QueueRegistry = default_queues,
-        max_payload_bytes: int = DEFAULT_MAX_BYTES,
+        max_payload_bytes: int | None = None,
         strict: bool | StrictMode = False,
     ) -> None:
         self.clock = clock or SystemClock()
         # Strict mode holds code outside steps to Temporal's rules (jobkit_engine.strict).
         self.strict: StrictMode | None = StrictMode() if strict is True else (strict or None)
         self._sleep_threshold = sleep_threshold
-        self._max_bytes = max_payload_bytes
+        # The limit of every engine (JOBKIT_MAX_PAYLOAD_BYTES), so a test sees what RQ and
+        # Temporal would refuse.
+        self._max_bytes = (
+            get_settings().max_payload_bytes if max_payload_bytes is None else max_payload_bytes
+        )
         self._concurrency = dict(concurrency or {})
         self._registry = registry
         self._queues = queues

@@ -12,6 +12,7 @@ worker imported it already.
 from __future__ import annotations
 
 import asyncio
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -67,6 +68,11 @@ def _encoded(cause: ApplicationError) -> dict[str, Any] | None:
 
 
 def _import_passed_through(module: str) -> ModuleType:
+    """The worker's own module of an exception class, never a new import: a module name
+    in a failure is data. This module is passed through the sandbox, so `sys.modules`
+    here is the worker's."""
+    if module not in sys.modules:
+        raise ImportError(f"{module} is not loaded in this worker")
     # `__import__`, not importlib: the sandbox decides pass-through in its `__import__`.
     with workflow.unsafe.imports_passed_through():
         return __import__(module, fromlist=["__name__"])
