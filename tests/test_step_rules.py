@@ -155,3 +155,12 @@ def test_an_inherited_classmethod_is_refused_where_a_worker_would_call_another_c
     with pytest.raises(StepError, match="inherited by Heir"):
         step_ref("s", Heir.klass)
     assert step_ref("s", Heir.static) == f"{__name__}:Steps.static"  # no class involved
+
+
+def test_a_temporal_workflow_never_imports_a_module_a_failure_names() -> None:
+    from jobkit_dispatch.engines.temporal import _steps as temporal_steps
+
+    temporal_steps.remember_worker_packages()
+    assert temporal_steps._import_passed_through("json") is __import__("json")
+    with pytest.raises(ImportError, match="not a package this worker loaded"):
+        temporal_steps._import_passed_through("antigravity_is_not_loaded")

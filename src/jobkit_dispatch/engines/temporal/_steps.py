@@ -67,12 +67,22 @@ def _encoded(cause: ApplicationError) -> dict[str, Any] | None:
     return None
 
 
+_worker_packages: frozenset[str] = frozenset()
+
+
+def remember_worker_packages() -> None:
+    """Note the packages this worker has loaded (its job modules and what they import),
+    before it serves: the only ones a failure may name. Inside the workflow sandbox
+    `sys.modules` is the sandbox's, so the list is taken here, outside it."""
+    global _worker_packages
+    _worker_packages = frozenset(name.partition(".")[0] for name in list(sys.modules))
+
+
 def _import_passed_through(module: str) -> ModuleType:
-    """The worker's own module of an exception class, never a new import: a module name
-    in a failure is data. This module is passed through the sandbox, so `sys.modules`
-    here is the worker's."""
-    if module not in sys.modules:
-        raise ImportError(f"{module} is not loaded in this worker")
+    """The worker's module of an exception class, never one it has not loaded: a module
+    name in a failure is data."""
+    if module.partition(".")[0] not in _worker_packages:
+        raise ImportError(f"{module} is not a package this worker loaded")
     # `__import__`, not importlib: the sandbox decides pass-through in its `__import__`.
     with workflow.unsafe.imports_passed_through():
         return __import__(module, fromlist=["__name__"])
