@@ -15,7 +15,12 @@ from jobkit_dispatch.engines.rq import RQEngine
 from jobkit_dispatch.testing import RedisServer
 from jobkit_dispatch.testing.rq_worker import WorkerProcess
 
-WORKER_ENV = {"JOBKIT_SLEEP_THRESHOLD": "1", "JOBKIT_WORKER_HEARTBEAT": "0.5"}
+# Strict, as in staging: the worker holds handlers to Temporal's workflow rules.
+WORKER_ENV = {
+    "JOBKIT_SLEEP_THRESHOLD": "1",
+    "JOBKIT_WORKER_HEARTBEAT": "0.5",
+    "JOBKIT_STRICT": "1",
+}
 
 
 @pytest.fixture(scope="module")
@@ -39,5 +44,8 @@ class TestRQConformance(EngineConformance):
         settings = JobkitSettings(redis_url=jobkit_redis_server.url)
         engine = RQEngine(get_redis(settings=settings), settings=settings)
         return Harness(
-            engine, long_sleep=timedelta(seconds=2), short_sleep=timedelta(milliseconds=50)
+            engine,
+            long_sleep=timedelta(seconds=2),
+            short_sleep=timedelta(milliseconds=50),
+            strict=True,
         )

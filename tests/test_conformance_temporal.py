@@ -39,5 +39,6 @@ class TestTemporalConformance(EngineConformance):
             temporal_engine,
             long_sleep=timedelta(seconds=2),
             short_sleep=timedelta(milliseconds=20),
-            timeout=15.0,
+            timeout=30.0,  # a blocked workflow fails after its second 2 s block
+            strict=True,  # Temporal holds workflow code to its rules itself
         )

@@ -19,7 +19,10 @@ class Harness:
 
     `long_sleep` must exceed the engine's durable-sleep threshold and `short_sleep` stay
     under it. On an engine with real time, keep `long_sleep` to a few seconds: the suite
-    waits it out. `timeout` bounds every wait, in real seconds.
+    waits it out. `timeout` bounds every wait, in real seconds. `strict` says the engine
+    holds handler code outside steps to Temporal's workflow rules (Temporal itself, the
+    inline engine in strict mode, an RQ worker with `JOBKIT_STRICT=1`): the portability
+    tests of those rules run only then.
     """
 
     engine: Engine
@@ -27,6 +30,7 @@ class Harness:
     short_sleep: timedelta = timedelta(milliseconds=20)
     timeout: float = 15.0
     now: Callable[[], datetime] = field(default=utcnow)
+    strict: bool = False
 
     def advance(self, delta: timedelta) -> None:
         """Let `delta` pass for the engine (instantly on a ManualClock)."""
@@ -39,6 +43,6 @@ class Harness:
 
     @classmethod
     def inline(cls, clock: ManualClock | None = None) -> Harness:
-        """The inline engine on a ManualClock: sleeps of days take no time."""
+        """The inline engine on a ManualClock, in strict mode: sleeps of days take no time."""
         clock = clock or ManualClock()
-        return cls(InlineEngine(clock=clock), now=clock.now)
+        return cls(InlineEngine(clock=clock, strict=True), now=clock.now, strict=True)

@@ -28,6 +28,11 @@ def _failed_at_once(info: JobInfo, error_type: str, *words: str) -> None:
     assert info.attempts == 1, "a broken rule is never retried"
 
 
+def _requires_strict(harness: Harness) -> None:
+    if not harness.strict:
+        pytest.skip(f"{harness.engine.name} runs handlers without Temporal's workflow rules")
+
+
 class PortabilityConformance:
     """Step rules and cancellation, identical on every engine."""
 
@@ -102,3 +107,26 @@ class PortabilityConformance:
         assert later.status == JobStatus.SUCCEEDED
         assert count(workdir, "after-gate-stubborn") == 0, "the step ran on after the cancel"
         assert cancel_job(d.job_id) is False
+
+    # -- code outside steps: what Temporal refuses fails on every strict engine ----------
+
+    WORKFLOW_RULE_ERRORS = ("StrictModeError", "RestrictedWorkflowAccessError")
+
+    def test_a_call_temporal_refuses_outside_a_step_fails_the_job(
+        self, harness: Harness, workdir: str
+    ) -> None:
+        _requires_strict(harness)
+        info = harness.wait(dispatch_job(pj.refused_call, {"workdir": workdir}).job_id)
+        assert info.status == JobStatus.FAILED, info
+        assert info.error is not None and info.error.type in self.WORKFLOW_RULE_ERRORS
+        assert count(workdir, "after-refused-call") == 0
+
+    def test_blocking_the_loop_outside_a_step_fails_the_job(
+        self, harness: Harness, workdir: str
+    ) -> None:
+        _requires_strict(harness)
+        info = harness.wait(dispatch_job(pj.blocks, {"workdir": workdir}).job_id)
+        assert info.status == JobStatus.FAILED, info
+        assert info.error is not None
+        assert info.error.type in ("StrictModeError", "WorkflowBlockedError"), info.error
+        assert count(workdir, "after-block") == 0

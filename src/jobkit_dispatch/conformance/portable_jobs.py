@@ -8,7 +8,9 @@ import asyncio
 import contextlib
 import functools
 import json
+import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from croniter import CroniterBadCronError
@@ -167,3 +169,21 @@ async def stubborn(ctx: JobContext, payload: Probe) -> str:
         await ctx.step.run("wait", wait_then_record, payload.workdir, gate)
     await ctx.step.run("after", record, payload.workdir, f"stubborn-after-{gate}")
     return "finished anyway"
+
+
+# -- code outside steps that Temporal refuses: every strict engine fails it -----------------
+
+
+@job("conformance.refused_call", queue=QUEUE, retry=1)
+async def refused_call(ctx: JobContext, payload: Probe) -> str:
+    """Reads a file outside a step: Temporal's sandbox refuses `open()` there."""
+    with open(Path(payload.workdir, "input.txt"), "w") as notes:  # noqa: ASYNC230
+        notes.write("outside a step")
+    return await ctx.step.run("after", record, payload.workdir, "after-refused-call")
+
+
+@job("conformance.blocks", queue=QUEUE, retry=1)
+async def blocks(ctx: JobContext, payload: Probe) -> str:
+    """Holds the event loop for 2.5 s outside a step: past Temporal's deadlock threshold."""
+    time.sleep(2.5)  # noqa: ASYNC251
+    return await ctx.step.run("after", record, payload.workdir, "after-block")

@@ -75,6 +75,9 @@ LOOP_REFUSES = (
 #: and the test runner (its logging and warning capture run inside handler calls).
 TRUSTED_MODULES = ("jobkit", "jobkit_engine", "jobkit_dispatch", "_pytest", "pytest", "pluggy")
 
+#: Job modules shipped inside jobkit: checked like any application's job module.
+JOB_MODULES_IN_JOBKIT = ("jobkit_dispatch.conformance", "jobkit_dispatch.demo")
+
 # Temporal only warns about these (asyncio.wait, as_completed), or needs a debugger
 # attached (breakpoint): neither is a failure on Temporal.
 _SKIPPED = frozenset({"__builtins__.breakpoint"})
@@ -179,6 +182,8 @@ class CallIndex:
         return found
 
     def _trusted(self, module: str) -> bool:
+        if module.startswith(JOB_MODULES_IN_JOBKIT):
+            return False
         parts = module.split(".")
         return any(".".join(parts[:n]) in self._passthrough for n in range(1, len(parts) + 1))
 
