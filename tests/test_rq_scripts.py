@@ -17,6 +17,7 @@ from jobkit.queues import default_queues
 from jobkit_dispatch.engines import JobRequest
 from jobkit_dispatch.engines.rq import RQEngine, keys
 from jobkit_dispatch.engines.rq.cancel import Cancellations
+from jobkit_dispatch.engines.rq.codec import encode_error
 from jobkit_dispatch.engines.rq.execute import Executor
 from jobkit_dispatch.engines.rq.link import WorkerLink
 from jobkit_engine import JobError, JobRegistry, JobStatus, ManualClock
@@ -26,8 +27,10 @@ from jobkit_engine.runtime import (
     Interrupted,
     MemoSteps,
     Outcome,
+    RunAgain,
     Succeeded,
     Suspended,
+    settle,
 )
 
 
@@ -232,3 +235,43 @@ async def test_recovery_of_a_cancelled_job_ends_it_cancelled(
     info: Any = engine.get(job_id)
     assert (info.status, info.error) == (JobStatus.CANCELLED, None)
     assert redis.lrange(q.queue, 0, -1) == []
+
+
+@pytest.mark.parametrize(
+    ("attempts_left", "cancelled"), [(True, False), (False, False), (True, True), (False, True)]
+)
+async def test_crash_recovery_decides_as_the_lifecycle_core(
+    engine: RQEngine,
+    redis: fakeredis.FakeRedis,
+    link: WorkerLink,
+    attempts_left: bool,
+    cancelled: bool,
+) -> None:
+    """RECOVER runs in Redis, where `settle` cannot: it must answer as `settle` does for an
+    attempt abandoned by its worker — retried at once while attempts remain, failed when
+    none do, cancelled when a cancel was accepted."""
+    job_id = await _started(engine, link)
+    key = keys.job_key(job_id)
+    redis.hset(key, "jk_max_attempts", 3 if attempts_left else 1)
+    if cancelled:
+        assert engine.cancel(job_id) is True
+    q = link.keys
+    redis.zadd(q.running, {job_id: time.time() - 1})  # its worker died: the lease ran out
+    abandoned = JobError("AbandonedJobError", "the worker running this job stopped")
+    await link.recover(
+        keys=[q.running, q.queue, q.failed, q.canceled],
+        args=[time.time(), keys.job_key_prefix, encode_error(abandoned), 60],
+    )
+    now = datetime.now(UTC)
+    expected = settle(
+        Failed(abandoned, timedelta(0) if attempts_left else None),
+        now=now,
+        cancel_requested=cancelled,
+    )
+    info: Any = engine.get(job_id)
+    if isinstance(expected, RunAgain):
+        assert expected.at == now  # due at once: RQ puts it straight back on the queue
+        assert info.status == JobStatus.QUEUED
+        assert redis.lrange(q.queue, 0, -1) == [job_id.encode()]
+    else:
+        assert info.status == expected.status
