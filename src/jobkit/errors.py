@@ -16,11 +16,17 @@ JobkitError
 ├── StepError                     misuse of the step API
 │   └── DuplicateStepError        one step id used twice in one job
 ├── NonRetryableError             raised by a job: fail now, do not retry
-│   └── StrictModeError           strict mode: handler code outside steps that Temporal
-│                                 would refuse (a call, a blocked loop, a replay that differs)
+│   ├── StrictModeError           strict mode: handler code outside steps that Temporal
+│   │                             would refuse (a call, a blocked loop, a replay that differs)
+│   └── HistoryLimitError         a Temporal job's history neared the server's hard limit
 ├── JobTimeoutError               an attempt ran past the job's timeout
 └── JobCancelledError             the job was cancelled while it ran
 ```
+
+Two ends of a job on Temporal are no exceptions that anything raises, only the type of the
+job's `JobError` that `get_job` reports: `WorkflowBlockedError` (handler code outside
+steps blocked its workflow thread) and `NondeterminismError` (a replay took another path);
+their names are constants of the Temporal engine (`engines/temporal/_model.py`).
 
 This module lives in `jobkit`, the lowest of the three packages, so that queue and
 settings code can raise the same types; `jobkit_engine` re-exports the ones a job author
@@ -175,6 +181,13 @@ class StrictModeError(NonRetryableError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.job_name, self.problem, self.fix)
+
+
+class HistoryLimitError(NonRetryableError):
+    """A job on Temporal reached `history_limit_events` in its workflow history, below the
+    server's hard limit (51,200 events) at which Temporal would end it with no error of
+    jobkit's. What would have added events next (a step, a sleep, a retry, another wait
+    for a slot) did not start; split the job into several jobs."""
 
 
 class JobTimeoutError(JobkitError, TimeoutError):

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobkit_dispatch.engines.temporal._model import TERMINATION_KEY
+from jobkit_dispatch.engines.temporal._model import NONDETERMINISM_ERROR, TERMINATION_KEY
 from jobkit_engine import JobError
 
-NONDETERMINISM_ERROR = "NondeterminismError"
 _NONDETERMINISM_CODE = "[TMPRL1100]"  # how temporalio's worker marks the failure
 
 NONDETERMINISM_FIX = (

@@ -1,11 +1,13 @@
 """The history guard: a job stops cleanly before Temporal's history limit stops it.
 
-Every step, sleep and attempt adds events to a job's workflow history (about six per
-step). Temporal warns at 10,240 events and terminates a workflow at 51,200, which would
-end the job with no error of its own. Before each step's activity is scheduled, the
-workflow calls `HistoryGuard.check`: past `history_warn_events` it logs one warning per
-job, and at `history_limit_events` the step is not started and the job fails with a
-`HistoryLimitError` that says how to split it.
+Everything a job waits for adds events to its workflow history: a step (about six), a
+sleep's timer, a retry's backoff timer, each round of asking for a slot of its queue
+(about five every 30 s, `SLOT_RECHECK`, while it stays queued). Temporal warns at 10,240 events
+and terminates a workflow at 51,200, which would end the job with no error of its own.
+So before each of these the workflow calls `HistoryGuard.check`: past
+`history_warn_events` it logs one warning per job, and at `history_limit_events` what
+came next does not start and the job fails with a `HistoryLimitError` that says how to
+split it.
 
 The check reads only the history length Temporal hands the workflow, so a replay takes
 the same path; the warning is logged once because a replay passes the same point with
@@ -18,14 +20,10 @@ from dataclasses import dataclass
 
 from temporalio import workflow
 
-from jobkit.errors import NonRetryableError
+from jobkit.errors import HistoryLimitError
 from jobkit_dispatch.engines.temporal._model import JobInput
 
 TEMPORAL_HISTORY_LIMIT = 51_200  # events; the server's default hard limit
-
-
-class HistoryLimitError(NonRetryableError):
-    """A job's history neared Temporal's limit; its next step was not started."""
 
 
 @dataclass
@@ -40,16 +38,17 @@ class HistoryGuard:
     def of(cls, job: JobInput) -> HistoryGuard:
         return cls(job.history_warn_events, job.history_limit_events)
 
-    def check(self, step_id: str) -> None:
-        """Raise `HistoryLimitError` if the step `step_id` would start past the limit."""
+    def check(self, what: str) -> None:
+        """Raise `HistoryLimitError` if `what` (e.g. "step 'fetch'") would start past the
+        limit; warn once past the warning threshold."""
         info = workflow.info()
         events = info.get_current_history_length()
         if events >= self.fail_at:
             raise HistoryLimitError(
                 f"job {info.workflow_id!r} has {events} events in its Temporal history, at "
                 f"jobkit's limit of {self.fail_at} (Temporal stops a workflow at "
-                f"{TEMPORAL_HISTORY_LIMIT}), so step {step_id!r} was not started; split the "
-                "job into several jobs, e.g. one job per batch of items"
+                f"{TEMPORAL_HISTORY_LIMIT}), so {what} was not started; split the job into "
+                "several jobs, e.g. one job per batch of items"
             )
         if events >= self.warn_at and not self.warned:
             self.warned = True

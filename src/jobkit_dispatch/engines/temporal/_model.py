@@ -33,6 +33,16 @@ jobkit itself made, so `get_job` reports the job failed with it, not cancelled."
 CANCELLED_UNSTARTED = "jobkit: cancelled before a worker picked the job up"
 """The reason of the termination that cancels a job no worker has started."""
 
+# Two ways a job fails on Temporal that no code raises as an exception: `get_job` reports
+# them as the `JobError.type` of the failed job (see docs/engines/temporal.md).
+BLOCKED_ERROR = "WorkflowBlockedError"
+"""Handler code outside steps blocked the workflow thread past Temporal's deadlock
+threshold; the block watchdog (`_watchdog`) terminated the job with this error."""
+
+NONDETERMINISM_ERROR = "NondeterminismError"
+"""A replay of the job took another path than its history (temporalio's `TMPRL1100`);
+`get_job` reads it from the failed workflow (`_closed`)."""
+
 # Temporal warns about a workflow's history at 10,240 events and terminates it at 51,200.
 HISTORY_WARN_EVENTS = 10_240
 HISTORY_LIMIT_EVENTS = 40_000

@@ -39,11 +39,11 @@ from typing import Any
 
 from temporalio.bridge.proto.workflow_activation import WorkflowActivation
 
+from jobkit_dispatch.engines.temporal._model import BLOCKED_ERROR
 from jobkit_engine import JobError
 
 log = logging.getLogger("jobkit.temporal.watchdog")
 
-BLOCKED_ERROR = "WorkflowBlockedError"
 DEADLOCK_TIMEOUT = 2.0  # seconds: temporalio's deadlock detector, fixed in the SDK
 
 Terminate = Callable[[str, str, JobError], Awaitable[None]]

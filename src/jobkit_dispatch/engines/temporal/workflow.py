@@ -8,6 +8,11 @@ handler again with `ctx.attempt + 1`; steps that completed are answered from the
 the workflow keeps, so they are not run again (Temporal replays them from history after a
 worker restart). The job's state goes to the workflow memo at every change.
 
+What an execution ended with is decided by `settle`, as on every engine: also a handler
+interrupted by a cancel (`Cancelled`), and a job stopped by the history guard (`_guard`)
+while it waited for a slot or a retry. Every wait that adds events to the history (a
+step, a sleep, a backoff, a round of asking for a slot) is checked by that guard first.
+
 Code outside steps runs as workflow code: it must be deterministic (see the docs).
 """
 
@@ -23,10 +28,11 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 from temporalio.workflow import ActivityCancellationType
 
+from jobkit.errors import HistoryLimitError
 from jobkit.queues import default_queues
 from jobkit_dispatch.engines.temporal._guard import HistoryGuard
+from jobkit_dispatch.engines.temporal._job_slot import JobSlot
 from jobkit_dispatch.engines.temporal._model import (
-    ACQUIRE_SLOT,
     SLOT_SIGNAL,
     WORKFLOW_NAME,
     ErrorState,
@@ -34,13 +40,16 @@ from jobkit_dispatch.engines.temporal._model import (
     JobState,
     ProgressState,
 )
-from jobkit_dispatch.engines.temporal._slots import pool_for
 from jobkit_dispatch.engines.temporal._steps import from_activity_error
-from jobkit_engine import JobContext, JobDefinition, JobStatus, Progress, default_registry
+from jobkit_engine import JobContext, JobDefinition, JobError, JobStatus, Progress, default_registry
 from jobkit_engine.runtime import (
+    Cancelled,
+    Decision,
     DictStepMemo,
+    Failed,
     Finish,
     MemoSteps,
+    Outcome,
     RunAgain,
     attempt_deadline,
     attempt_timeout,
@@ -61,12 +70,16 @@ STEP_RETRY = RetryPolicy(
 # A cancelled job waits until its running step has stopped (within about a second, the
 # heartbeat throttle), so that no step goes on once get_job says cancelled.
 STEP_CANCELLATION = ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
-SLOT_RECHECK = timedelta(seconds=30)  # a queued job asks again, in case its worker died
-_LEASE_MARGIN = 60.0  # seconds a slot may outlive the attempt's timeout
 
 
 class _WorkflowClock:
-    """Workflow time: deterministic, and skipped by Temporal's time-skipping test server."""
+    """Workflow time: deterministic, and skipped by Temporal's time-skipping test server.
+
+    A short sleep waits here, on a timer of the job's history: the history guard first.
+    """
+
+    def __init__(self, history: HistoryGuard) -> None:
+        self._history = history
 
     def now(self) -> datetime:
         return workflow.now()
@@ -74,6 +87,7 @@ class _WorkflowClock:
     async def sleep_until(self, when: datetime) -> None:
         remaining = when - workflow.now()
         if remaining > timedelta(0):
+            self._history.check("a sleep")
             await workflow.sleep(remaining)
 
 
@@ -93,7 +107,7 @@ class _ActivitySteps:
         job = self._job
         return MemoSteps(
             DictStepMemo(job._results),
-            _WorkflowClock(),
+            _WorkflowClock(job._history),
             job._sleep_threshold,
             max_bytes=job._max_bytes,
             run_step=self.run,
@@ -104,7 +118,7 @@ class _ActivitySteps:
     async def run(
         self, step_id: str, ref: str, fn: Callable[..., Any], call: dict[str, Any]
     ) -> Any:
-        self._job._history.check(step_id)
+        self._job._history.check(f"step {step_id!r}")
         try:
             result = await workflow.execute_activity(
                 ref,
@@ -134,10 +148,23 @@ class _ActivitySteps:
         return max(timedelta(seconds=left), timedelta(seconds=1))
 
 
+def _cancel_requested() -> bool:
+    return workflow.cancellation_reason() is not None
+
+
+def _stopped_by(exc: HistoryLimitError | asyncio.CancelledError) -> Outcome | None:
+    """What `exc`, raised out of the handler or a wait of the workflow's own (for a slot,
+    a retry), means for `settle`; None when the run ends for another reason (an
+    eviction cancels every task of the workflow, with no cancel requested)."""
+    if isinstance(exc, HistoryLimitError):
+        return Failed(JobError.from_exception(exc), None)
+    return Cancelled() if _cancel_requested() else None
+
+
 async def _refuse_if_cancelled(step_id: str) -> None:
     """No step starts once the job was cancelled, even in a handler that swallowed the
     interruption."""
-    if workflow.cancellation_reason() is not None:
+    if _cancel_requested():
         raise asyncio.CancelledError()
 
 
@@ -158,27 +185,24 @@ class JobWorkflow:
         self._max_bytes = job.max_payload_bytes
         self._history = HistoryGuard.of(job)
         self._dirty = False
-        self._lease = 0.0  # seconds a slot is held at most: the attempt's timeout
-        self._slot: str | None = None
-        self._pool: str | None = None  # the key of the pool the last slot came from
-        self._slots_taken = 0
-        self._slot_freed = False
+        self._slot = JobSlot(self._history)
 
     @workflow.signal(name=SLOT_SIGNAL)
     def slot_free(self) -> None:
-        self._slot_freed = True
+        self._slot.freed = True
 
     @workflow.run
     async def run(self, job: JobInput) -> Any:
         try:
             return await self._run(job)
         except BaseException as exc:
-            if is_cancelled_exception(exc):  # also a slot's local activity, cancelled
-                self._release_slot()
-                self._forget_slot()
-                raise
-            if isinstance(exc, ApplicationError | workflow.NondeterminismError) or not isinstance(
-                exc, Exception
+            # However the job ends, it holds no slot of this worker and waits for none.
+            self._slot.release()
+            self._slot.forget()
+            if (
+                is_cancelled_exception(exc)
+                or isinstance(exc, ApplicationError | workflow.NondeterminismError)
+                or not isinstance(exc, Exception)
             ):
                 raise
             # A fault of this workflow (not of the handler, which execute_job contains):
@@ -192,39 +216,60 @@ class JobWorkflow:
             default_registry.get(job.job_name) if job.job_name in default_registry else None
         )
         if definition is not None:
-            self._lease = attempt_timeout(definition, default_queues).total_seconds()
+            self._slot.lease = attempt_timeout(definition, default_queues).total_seconds()
         attempt = 0
         while True:
             attempt += 1
-            if definition is not None:  # an unknown job fails at once, without a slot
-                await self._acquire_slot()
+            # An unknown job fails at once, without a slot.
+            decision = self._settle(await self._execute(job, attempt, definition is not None))
+            if isinstance(decision, Finish):
+                return self._finish(decision)
+            if decision.resume:
+                attempt -= 1  # the next execution continues this attempt
+            try:
+                await self._wait_to_run_again(decision)
+            except (HistoryLimitError, asyncio.CancelledError) as exc:
+                stopped = _stopped_by(exc)
+                if stopped is None:
+                    raise
+                decision = self._settle(stopped)
+                assert isinstance(decision, Finish)  # cancelled, or failed for good
+                return self._finish(decision)
+
+    async def _execute(self, job: JobInput, attempt: int, in_slot: bool) -> Outcome:
+        """One execution of the handler, in a slot of its queue when `in_slot`.
+
+        A cancel that interrupts the handler, or the wait for its slot, is the `Cancelled`
+        outcome, and the history limit reached while waiting for a slot a final failure:
+        `settle` decides, as for anything else the execution ends with.
+        """
+        try:
+            if in_slot:
+                await self._slot.acquire(self._queued)
             self._set(
                 status=JobStatus.RUNNING,
                 attempts=attempt,
                 started_at=workflow.now(),
                 scheduled_for=None,
             )
-            try:
-                outcome = await execute_job(
-                    job.job_name,
-                    job.payload,
-                    attempt,
-                    self._context_factory(attempt),
-                    max_bytes=self._max_bytes,
-                    rng=workflow.random(),
-                )
-            finally:
-                self._release_slot()
-            decision = settle(
-                outcome,
-                now=workflow.now(),
-                cancel_requested=workflow.cancellation_reason() is not None,
+            return await execute_job(
+                job.job_name,
+                job.payload,
+                attempt,
+                self._context_factory(attempt),
+                max_bytes=self._max_bytes,
+                rng=workflow.random(),
             )
-            if isinstance(decision, Finish):
-                return self._finish(decision)
-            if decision.resume:
-                attempt -= 1  # the next execution continues this attempt
-            await self._wait_to_run_again(decision)
+        except (HistoryLimitError, asyncio.CancelledError) as exc:
+            stopped = _stopped_by(exc)
+            if stopped is None:
+                raise
+            return stopped
+        finally:
+            self._slot.release()
+
+    def _settle(self, outcome: Outcome) -> Decision:
+        return settle(outcome, now=workflow.now(), cancel_requested=_cancel_requested())
 
     def _finish(self, decision: Finish) -> Any:
         """End the workflow as the job ends: its result, a failure, or cancelled."""
@@ -251,6 +296,7 @@ class JobWorkflow:
                 decision.error.type,
                 decision.at,
             )
+        self._history.check(f"the retry after attempt {self._state.attempts}")
         self._set(
             status=decision.status,
             scheduled_for=decision.at,
@@ -279,66 +325,20 @@ class JobWorkflow:
         The time asleep does not count against the attempt's timeout, as on engines where a
         long sleep ends the execution.
         """
+        self._history.check(f"sleep {step_id!r}")
         deadline = attempt_deadline()
         when = None if deadline is None else deadline.when()
         loop = asyncio.get_running_loop()
         left = None if when is None else when - loop.time()
         if deadline is not None:
             deadline.reschedule(None)
-        self._release_slot()
+        self._slot.release()
         self._set(status=JobStatus.SLEEPING, scheduled_for=wake_at)
         await workflow.sleep(wake_at - workflow.now(), summary=step_id)
-        await self._acquire_slot()
+        await self._slot.acquire(self._queued)
         self._set(status=JobStatus.RUNNING, scheduled_for=None, started_at=workflow.now())
         if deadline is not None and left is not None:
             deadline.reschedule(loop.time() + left)
-
-    # -- slots ----------------------------------------------------------------------------
-
-    async def _acquire_slot(self) -> None:
-        """Wait for a slot of the job's queue on this worker (see `_slots`)."""
-        self._slots_taken += 1
-        info = workflow.info()
-        token = f"{info.workflow_id}/{info.run_id}/{self._slots_taken}"
-        while True:
-            self._slot_freed = False
-            try:
-                grant = await workflow.execute_local_activity(
-                    ACQUIRE_SLOT,
-                    args=[info.workflow_id, token, self._lease + _LEASE_MARGIN],
-                    start_to_close_timeout=timedelta(seconds=10),
-                )
-            except ActivityError as exc:
-                if is_cancelled_exception(exc):  # cancelled while asking: as at any await
-                    raise asyncio.CancelledError() from exc
-                raise
-            self._pool = grant["pool"]
-            if grant["acquired"]:
-                self._slot = token
-                return
-            if self._state.status != JobStatus.QUEUED:
-                self._set(status=JobStatus.QUEUED)
-            try:
-                await workflow.wait_condition(
-                    lambda: self._slot_freed, timeout=SLOT_RECHECK, timeout_summary="slot recheck"
-                )
-            except TimeoutError:
-                continue
-
-    # A slot lives in this worker process, outside history: only live execution touches it.
-    # A replay passes points the original run already passed, and an eviction (which runs
-    # as a replay) must not free a slot that the job, resumed here, still holds.
-
-    def _release_slot(self) -> None:
-        token, self._slot = self._slot, None
-        pool = pool_for(self._pool)
-        if token is not None and pool is not None and not workflow.unsafe.is_replaying():
-            pool.release(token)
-
-    def _forget_slot(self) -> None:
-        pool = pool_for(self._pool)
-        if pool is not None and not workflow.unsafe.is_replaying():
-            pool.forget(workflow.info().workflow_id)
 
     # -- state ----------------------------------------------------------------------------
 
@@ -346,6 +346,10 @@ class JobWorkflow:
         for name, value in changes.items():
             setattr(self._state, name, value)
         self._mark_dirty()
+
+    def _queued(self) -> None:
+        if self._state.status != JobStatus.QUEUED:
+            self._set(status=JobStatus.QUEUED)
 
     def _set_progress(self, progress: Progress) -> None:
         self._set(progress=ProgressState.of(progress))
