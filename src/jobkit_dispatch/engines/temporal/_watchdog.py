@@ -21,6 +21,11 @@ The blocked thread is left alone: when it returns, temporalio sends a completion
 server refuses (the workflow is closed) and evicts the run, and a task the worker had
 already taken for that run is refused without running job code. The worker serves other
 jobs meanwhile, on other threads.
+
+The watchdog relies on how temporalio (1.x) calls its executor: `submit(fn, activation)`,
+one `WorkflowActivation` per call. Should that change, blocked jobs would hang again, so
+any other call is logged as an error (once), and `activations` counts the activations it
+watched (a test asserts it sees those of an ordinary job).
 """
 
 from __future__ import annotations
@@ -81,10 +86,13 @@ class ActivationWatchdog(concurrent.futures.ThreadPoolExecutor):
         self._strikes: OrderedDict[str, float] = OrderedDict()  # workflow id -> last block
         self._terminated: OrderedDict[str, None] = OrderedDict()  # run ids
         self._tasks: set[asyncio.Task[None]] = set()
+        self.activations = 0  # activations watched, of jobs whose workflow id is known
+        self._unrecognised = False
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         activation = args[0] if len(args) == 1 and not kwargs else None
         if not isinstance(activation, WorkflowActivation):
+            self._not_an_activation(fn)
             return super().submit(fn, *args, **kwargs)
         run_id = activation.run_id
         workflow_id = self._workflow_id(activation)
@@ -101,10 +109,21 @@ class ActivationWatchdog(concurrent.futures.ThreadPoolExecutor):
         except RuntimeError:
             return super().submit(fn, *args, **kwargs)
         watch = _Watch(self, loop, workflow_id, run_id)
+        self.activations += 1
         future = super().submit(watch.run, fn, activation)
         future.add_done_callback(watch.done)
         watch.schedule(_SNAPSHOT * self.threshold, watch.snapshot)
         return future
+
+    def _not_an_activation(self, fn: Callable[..., Any]) -> None:
+        if not self._unrecognised:
+            self._unrecognised = True
+            log.error(
+                "the block watchdog does not recognise how temporalio runs workflow tasks "
+                "(it got %r without a WorkflowActivation): jobs that block their workflow "
+                "thread will not be failed; check the temporalio version jobkit supports",
+                fn,
+            )
 
     def _workflow_id(self, activation: WorkflowActivation) -> str | None:
         """The workflow of a run: an activation names only its run, except the first one
