@@ -135,6 +135,15 @@ async def waits(ctx: JobContext, payload: Work) -> str:
     return await ctx.step.run("wait", waits_then_marks, payload.workdir)
 
 
+@job("hardening.lingers", queue=QUEUE, retry=1)
+async def lingers(ctx: JobContext, payload: Work) -> str:
+    try:
+        return await ctx.step.run("wait", waits_then_marks, payload.workdir)
+    except asyncio.CancelledError:  # the mistake under test: it swallows the cancel
+        await ctx.step.sleep("linger", timedelta(days=1))
+        return "lingered"
+
+
 @job("hardening.one-waits", queue=ONE_QUEUE, retry=1)
 async def one_waits(ctx: JobContext, payload: Work) -> str:
     await ctx.step.run("mark", note, payload.workdir, payload.how)
@@ -394,6 +403,18 @@ def test_a_cancel_reaches_an_async_step_within_seconds(
         JobStatus.SUCCEEDED
     )
     assert (count(workdir, "waiting"), count(workdir, "marker")) == (2, 1)
+
+
+def test_a_handler_that_swallows_the_cancel_does_not_sleep_on(
+    engine: TemporalEngine, workdir: str
+) -> None:
+    """A long sleep after the cancel ends the job cancelled, as on every engine (there, a
+    long sleep ends the execution, and settle says cancelled)."""
+    d = dispatch_job(lingers, {"workdir": workdir})
+    eventually(lambda: count(workdir, "waiting") == 1)
+    assert cancel_job(d.job_id) is True
+    info = wait_for_job(d.job_id, timeout=20)  # not a day
+    assert (info.status, count(workdir, "wait-cancelled")) == (JobStatus.CANCELLED, 1)
 
 
 @pytest.mark.parametrize("delay", [None, timedelta(minutes=5)])

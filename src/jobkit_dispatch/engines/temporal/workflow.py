@@ -323,8 +323,9 @@ class JobWorkflow:
         """A long sleep: give the slot back, wait on a timer, take a slot again.
 
         The time asleep does not count against the attempt's timeout, as on engines where a
-        long sleep ends the execution.
+        long sleep ends the execution; as there, a cancelled job does not start one.
         """
+        await _refuse_if_cancelled(step_id)
         self._history.check(f"sleep {step_id!r}")
         deadline = attempt_deadline()
         when = None if deadline is None else deadline.when()
