@@ -4,10 +4,10 @@ forever ends in a final state that `get_job` shows, on a real dev server and wor
 - handler code that blocks its workflow thread past Temporal's 2 s deadlock threshold
   fails the job with a `WorkflowBlockedError` (and the worker keeps serving);
 - a replay that diverges from the history fails the job with a `NondeterminismError`;
-- a job whose history nears Temporal's limit fails with a `HistoryLimitError`, after one
-  warning, whatever adds the events: steps, sleeps, or waiting for a slot;
 - a cancellation reaches a running async step within about a second;
 - a job no worker has picked up is cancelled at once.
+
+(The history limit has its own module, test_temporal_history.py.)
 
 Assertions are on final states and on what steps wrote; time appears only as the deadline
 of a poll, generous enough for a loaded machine.
@@ -32,13 +32,13 @@ from jobkit_dispatch import cancel_job, dispatch_job, get_job
 from jobkit_dispatch.conformance._files import count, open_gate, tally, wait_for_gate
 from jobkit_dispatch.testing import use_engine, wait_for_job
 from jobkit_dispatch.testing.temporal_server import TemporalDevServer
-from jobkit_engine import JobContext, JobInfo, JobStatus, Retry, job
+from jobkit_engine import JobContext, JobStatus, Retry, job
 
 pytest.importorskip("temporalio")
 
 from temporalio.client import Client
 
-from jobkit_dispatch.engines.temporal import TemporalEngine, _job_slot
+from jobkit_dispatch.engines.temporal import TemporalEngine
 from jobkit_dispatch.engines.temporal._watchdog import ActivationWatchdog
 
 PREFIX = "hardening-"
@@ -46,12 +46,8 @@ QUEUE = "temporal-hardening"  # served by the module's worker
 BLOCK_QUEUE = "temporal-hardening-block"  # a worker per test, stopped inside the test
 REPLAY_QUEUE = "temporal-hardening-replay"  # a worker that caches no workflow
 IDLE_QUEUE = "temporal-hardening-idle"  # no worker, until the test starts one
-ONE_QUEUE = "temporal-hardening-one"  # one slot: a second job waits for it
-for _name in (QUEUE, BLOCK_QUEUE, REPLAY_QUEUE, IDLE_QUEUE, ONE_QUEUE):
-    _size = 1 if _name == ONE_QUEUE else 2
-    default_queues.register(
-        QueueSpec(_name, concurrency=_size, default_timeout=timedelta(seconds=60))
-    )
+for _name in (QUEUE, BLOCK_QUEUE, REPLAY_QUEUE, IDLE_QUEUE):
+    default_queues.register(QueueSpec(_name, concurrency=2, default_timeout=timedelta(seconds=60)))
 
 RELEASE = threading.Event()  # lets a handler blocked in `hangs` go
 
@@ -114,22 +110,6 @@ async def nondeterministic(ctx: JobContext, payload: Work) -> str:
     return await ctx.step.run("after", note, payload.workdir, "after")
 
 
-@job("hardening.many-steps", queue=REPLAY_QUEUE, retry=1)
-async def many_steps(ctx: JobContext, payload: Work) -> int:
-    for i in range(100):
-        await ctx.step.run(f"step-{i}", note, payload.workdir, "step")
-    return 100
-
-
-@job("hardening.naps", queue=QUEUE, retry=1)
-async def naps(ctx: JobContext, payload: Work) -> int:
-    """Adds events with sleeps only: a timer each (and a slot again, for a long one)."""
-    for i in range(100):
-        ctx.report_progress(i / 100, f"nap {i}")
-        await ctx.step.sleep(f"nap-{i}", timedelta(milliseconds=10))
-    return 100
-
-
 @job("hardening.waits", queue=QUEUE, retry=1)
 async def waits(ctx: JobContext, payload: Work) -> str:
     return await ctx.step.run("wait", waits_then_marks, payload.workdir)
@@ -142,14 +122,6 @@ async def lingers(ctx: JobContext, payload: Work) -> str:
     except asyncio.CancelledError:  # the mistake under test: it swallows the cancel
         await ctx.step.sleep("linger", timedelta(days=1))
         return "lingered"
-
-
-@job("hardening.one-waits", queue=ONE_QUEUE, retry=1)
-async def one_waits(ctx: JobContext, payload: Work) -> str:
-    await ctx.step.run("mark", note, payload.workdir, payload.how)
-    if payload.how == "holder":
-        await ctx.step.run("wait", waits_then_marks, payload.workdir)
-    return payload.how
 
 
 # -- fixtures and helpers ------------------------------------------------------------------
@@ -167,27 +139,6 @@ def engine(jobkit_temporal_server: TemporalDevServer) -> Iterator[TemporalEngine
 @pytest.fixture
 def workdir(tmp_path: Path) -> str:
     return str(tmp_path)
-
-
-def low_limits(server: TemporalDevServer, **options: float) -> TemporalEngine:
-    """An engine whose jobs warn at 30 history events and fail at 60."""
-    return TemporalEngine(
-        server.address,
-        task_queue_prefix=PREFIX,
-        history_warn_events=30,
-        history_limit_events=60,
-        **options,
-    )
-
-
-def history_error(info: JobInfo) -> str:
-    """The message of a job that failed at the low limit (after at least 60 events)."""
-    assert info.status == JobStatus.FAILED, info
-    assert info.error is not None and info.error.type == "HistoryLimitError", info.error
-    message = info.error.message
-    assert info.job_id in message and "limit of 60" in message and "split" in message
-    assert int(message.split(" has ")[1].split(" events")[0]) >= 60
-    return message
 
 
 def eventually(condition: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -315,71 +266,6 @@ def test_a_workflow_that_cannot_start_fails_instead_of_retrying(
     assert info.status == JobStatus.FAILED, info
     assert info.error is not None and info.error.type == "ValidationError"
     assert "JobInput" in info.error.message
-
-
-# -- the history limit ---------------------------------------------------------------------
-
-
-def test_a_job_near_the_history_limit_is_warned_once_then_fails(
-    engine: TemporalEngine,
-    jobkit_temporal_server: TemporalDevServer,
-    workdir: str,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    low = low_limits(jobkit_temporal_server)
-    caplog.set_level(logging.WARNING, logger="temporalio.workflow")
-    # Replaying every task runs each check again; the warning still comes once.
-    with engine.start_worker([REPLAY_QUEUE], max_cached_workflows=0), use_engine(low):
-        d = dispatch_job(many_steps, {"workdir": workdir})
-        info = wait_for_job(d.job_id, timeout=60)
-    low.close()
-    assert "was not started" in history_error(info)
-    assert info.attempts == 1
-    steps = count(workdir, "step")
-    assert 3 <= steps < 30  # stopped long before the 100 steps
-    warnings = [r for r in caplog.records if d.job_id in r.getMessage()]
-    assert len(warnings) == 1, [r.getMessage() for r in warnings]
-    assert "consider splitting" in warnings[0].getMessage()
-
-
-@pytest.mark.parametrize("threshold", [5.0, 0.0], ids=["short-sleeps", "durable-sleeps"])
-def test_sleeps_alone_reach_the_history_limit_and_fail_the_job(
-    engine: TemporalEngine, jobkit_temporal_server: TemporalDevServer, threshold: float
-) -> None:
-    """Timers add events as steps do; durable sleeps also take a slot again each time."""
-    low = low_limits(jobkit_temporal_server, sleep_threshold=threshold)
-    with use_engine(low):
-        d = dispatch_job(naps, {"workdir": "-"})
-        info = wait_for_job(d.job_id, timeout=60)
-    low.close()
-    history_error(info)
-    assert info.attempts == 1
-    assert info.progress is not None and info.progress.message is not None
-    assert int(info.progress.message.removeprefix("nap ")) < 50  # of the 100 sleeps
-
-
-def test_a_job_waiting_for_a_slot_reaches_the_history_limit_and_fails(
-    engine: TemporalEngine,
-    jobkit_temporal_server: TemporalDevServer,
-    workdir: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A job queued for days asks for a slot again every 30 s: here every 50 ms."""
-    monkeypatch.setattr(_job_slot, "SLOT_RECHECK", timedelta(milliseconds=50))
-    low = low_limits(jobkit_temporal_server)
-    with engine.start_worker([ONE_QUEUE]), use_engine(low):
-        holder = dispatch_job(one_waits, {"workdir": workdir, "how": "holder"})
-        eventually(lambda: count(workdir, "waiting") == 1)  # it holds the only slot
-        queued = dispatch_job(one_waits, {"workdir": workdir, "how": "queued"})
-        info = wait_for_job(queued.job_id, timeout=60)
-        open_gate(workdir, "wait")
-        assert wait_for_job(holder.job_id, timeout=30).status == JobStatus.SUCCEEDED
-        # The failed job left its place in the queue: the slot goes to the next job.
-        after = dispatch_job(one_waits, {"workdir": workdir, "how": "after"})
-        assert wait_for_job(after.job_id, timeout=30).status == JobStatus.SUCCEEDED
-    low.close()
-    assert "another request for a slot" in history_error(info)
-    assert (info.attempts, count(workdir, "queued")) == (0, 0)  # its handler never ran
 
 
 # -- cancellation --------------------------------------------------------------------------
