@@ -169,6 +169,102 @@ async def sleeps_blocking(ctx: JobContext, target: Target) -> None:
     time.sleep(target.seconds)
 
 
+def churn(iterations: int) -> int:
+    """Plain Python that makes calls (a profile hook sees each one), unlike `spin`."""
+    total = 0
+    for n in range(iterations):
+        total += _digit(n) + len(str(n))
+    return total
+
+
+def _digit(n: int) -> int:
+    return n % 10
+
+
+@job("strict.churn", retry=RETRIES)
+async def churns(ctx: JobContext, target: Target) -> int:
+    await ctx.step.run("before", record, ctx.job_id)
+    churn(int(target.seconds))  # `seconds` holds the iterations here
+    return await ctx.step.run("after", record, ctx.job_id)
+
+
+class Chunks(BaseModel):
+    iterations: int  # of `spin`, per chunk
+    chunks: int
+    between: str  # "sleep0" | "step" | "timer"
+
+
+@job("strict.chunks", retry=RETRIES)
+async def works_in_chunks(ctx: JobContext, plan: Chunks) -> int:
+    """CPU work in chunks, with an await between them that leaves the loop or does not."""
+    for n in range(plan.chunks):
+        spin(plan.iterations)
+        if plan.between == "step":
+            await ctx.step.run(f"chunk-{n}", record, ctx.job_id)
+        elif plan.between == "timer":
+            await asyncio.sleep(0.001)
+        else:
+            await asyncio.sleep(0)  # stays in the same workflow task on Temporal
+    return plan.chunks
+
+
+# -- concurrent branches: plain async helpers the handler runs as tasks ---------------------
+
+
+async def opens_in_a_branch(n: int) -> str:
+    await asyncio.sleep(0)
+    with open(__file__) as source:
+        return source.readline()
+
+
+async def reads_the_environment_in_a_branch(n: int) -> bool:
+    return os.environ.get("STRICT_MODE_TEST_FLAG") is None
+
+
+async def spins_in_a_branch(iterations: int) -> int:
+    await asyncio.sleep(0)
+    return spin(iterations)
+
+
+async def steps_in_a_branch(ctx: JobContext, n: int) -> int:
+    value = await ctx.step.run(f"branch-{n}", record, ctx.job_id, n)
+    return value * 2  # computing on a step's result is fine
+
+
+@job("strict.gather-open", retry=RETRIES)
+async def gathers_file_reads(ctx: JobContext) -> list[str]:
+    return await asyncio.gather(opens_in_a_branch(1), opens_in_a_branch(2))
+
+
+@job("strict.gather-environ", retry=RETRIES)
+async def gathers_environment_reads(ctx: JobContext) -> list[bool]:
+    return await asyncio.gather(
+        reads_the_environment_in_a_branch(1), reads_the_environment_in_a_branch(2)
+    )
+
+
+@job("strict.task-open", retry=RETRIES)
+async def opens_in_a_task(ctx: JobContext) -> str:
+    return await asyncio.create_task(opens_in_a_branch(1))
+
+
+@job("strict.taskgroup-environ", retry=RETRIES)
+async def reads_the_environment_in_a_task_group(ctx: JobContext) -> bool:
+    async with asyncio.TaskGroup() as group:
+        read = group.create_task(reads_the_environment_in_a_branch(1))
+    return read.result()
+
+
+@job("strict.gather-cpu", retry=RETRIES)
+async def gathers_cpu_work(ctx: JobContext, target: Target) -> list[int]:
+    return await asyncio.gather(spins_in_a_branch(int(target.seconds)), spins_in_a_branch(1))
+
+
+@job("strict.gather-steps", retry=RETRIES)
+async def gathers_branches_with_steps(ctx: JobContext) -> list[int]:
+    return await asyncio.gather(*(steps_in_a_branch(ctx, n) for n in range(3)))
+
+
 # -- well-behaved: the same things, inside steps --------------------------------------------
 
 

@@ -12,11 +12,14 @@ engine's test helpers; `JOBKIT_STRICT=1` on RQ workers in staging):
    `loop.run_in_executor`, sockets, threads). Needs temporalio (`jobkit[temporal]`).
 2. **Determinism.** After every execution the handler runs again against the results its
    steps returned (nothing runs again) and must call the same steps in the same order.
-3. **No blocking.** Code outside steps may not hold the event loop longer than
-   `block_threshold` (Temporal's deadlock detector allows 2 s).
+3. **No blocking.** Code outside steps may not run longer than `block_threshold` before
+   it waits for a step or a timer: Temporal's deadlock detector allows a workflow task
+   2 s, and awaits that stay on the event loop (`asyncio.sleep(0)`) do not end the task.
 
-Code inside `ctx.step.run(...)` may do anything. Each violation fails the job at once
-with `StrictModeError`, which names the job, the call or the steps, and the fix.
+The tasks the handler starts (`asyncio.gather` of helpers, `create_task`, `TaskGroup`)
+are held to the same rules. Code inside `ctx.step.run(...)` may do anything. Each
+violation fails the job at once with `StrictModeError`, which names the job, the call or
+the steps, and the fix.
 
 An engine turns it on by passing a `StrictMode` to `execute_job(..., strict=...)`.
 """
@@ -33,7 +36,8 @@ from jobkit_engine._context import JobContext
 from jobkit_engine._definition import JobDefinition
 from jobkit_engine.strict._replay import replay
 from jobkit_engine.strict._sandbox import CallIndex, call_index
-from jobkit_engine.strict._watch import Driven, StrictSteps, Watch
+from jobkit_engine.strict._tasks import Driven, watching_tasks
+from jobkit_engine.strict._watch import StrictSteps, Watch
 
 #: Temporal's deadlock detector: a workflow task may hold its event loop this long.
 TEMPORAL_DEADLOCK_SECONDS = 2.0
@@ -103,7 +107,8 @@ class StrictMode:
         ended: BaseException | None = None
         result = None
         try:
-            result = await Driven(definition(live, payload), watch)
+            with watching_tasks(watch):  # and the tasks the handler starts
+                result = await Driven(definition(live, payload), watch, handler=True)
         except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # a failure, or the long sleep that suspends the job

@@ -1,11 +1,22 @@
 """One execution of a job under strict mode: the call check and the block watchdog.
 
-The handler's coroutine is driven by `Driven`: each time the event loop resumes it
-outside a step, a *segment* begins — a profile hook (`sys.setprofile`, this thread only)
-checks every call against `CallIndex`, and a clock runs. The segment ends when the handler
-yields back to the loop or enters a step (`StrictSteps`): the hook comes off, and a
-segment longer than the threshold is a block Temporal's deadlock detector would fail.
-Inside a step nothing is checked: a step is where I/O, clocks and blocking calls belong.
+The job's code runs in *segments*: each time the event loop resumes the handler, or a task
+it started (`_tasks`), outside a step, a segment begins — a profile hook
+(`sys.setprofile`, this thread only) checks every call against `CallIndex`, and a clock
+runs. The segment ends when that code yields back to the loop or enters a step
+(`StrictSteps`), and the hook comes off. Inside a step nothing is checked: a step is where
+I/O, clocks and blocking calls belong.
+
+The watchdog adds up segments as Temporal's deadlock detector adds up a workflow task
+(an *activation*): from a step's end, a timer's end or the handler's start, until the job's
+code waits for a step or a timer again. Awaits in between that stay on the event loop
+(`asyncio.sleep(0)`, a future another branch of the job resolves) do not end it. More than
+the threshold in one activation is a block.
+
+The hook slows the code it watches several times over, which the watchdog must not count:
+in each activation it watches the first `CALL_CHECK_SAMPLE` seconds only, so a long
+computation is timed at its own speed (give or take that sample) and a refused call made
+after it goes unseen until the next step or timer.
 
 Which code is inside a step is a `ContextVar`, so each asyncio task — each job on a shared
 loop, each branch of an `asyncio.gather` — is told apart; the hook is installed only while
@@ -20,7 +31,7 @@ import os
 import sys
 import time
 import types
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
@@ -39,9 +50,15 @@ _LOOP_FIX = (
 )
 _BLOCK_FIX = (
     "Move the blocking or CPU-bound work into ctx.step.run(...): Temporal fails a workflow "
-    "task that holds its event loop for 2 s (its deadlock detector), and on RQ it stalls "
-    "the worker's other jobs"
+    "task whose code runs 2 s before it waits for a step or a timer (its deadlock "
+    "detector; `await asyncio.sleep(0)` does not end the task), and on RQ it stalls the "
+    "worker's other jobs"
 )
+
+
+#: Seconds the call check watches in each activation before it stops (see the docstring).
+CALL_CHECK_SAMPLE = 0.05
+_CHECK_CLOCK_EVERY = 64  # calls the hook sees between two looks at the clock
 
 
 class Watch:
@@ -58,13 +75,20 @@ class Watch:
     ) -> None:
         self.job_name = job_name
         self.keep_results = keep_results  # for the replay
+        self.live = True  # until the execution ends: tasks it left behind are not watched
         self.violation: StrictModeError | None = None
         self.steps: list[StepCall] = []
         self._handler_code = getattr(handler, "__code__", None)
         self._index = index
         self._threshold = threshold
         self._started: float | None = None  # perf_counter() when the open segment began
-        self._after = ""  # where the open segment began, for the watchdog's message
+        self._activation = 0.0  # seconds of segments in the current activation
+        self._since = ""  # where the current activation began, for the watchdog's message
+        self._segments = 0  # in the current activation
+        self._hook_left = CALL_CHECK_SAMPLE  # seconds the hook may still run in it
+        self._hook_until = 0.0  # perf_counter() when the hook stops, in this segment
+        self._hooked_at = 0.0
+        self._countdown = _CHECK_CLOCK_EVERY
         self._hooked = False
         self._hook_fn = self._hook  # one bound method, so that `is` finds it installed
         if index is not None:
@@ -72,15 +96,25 @@ class Watch:
 
     # -- segments ------------------------------------------------------------------------
 
-    def open_segment(self, after: str | None = None) -> None:
-        if self._started is not None:
+    @property
+    def in_segment(self) -> bool:
+        return self._started is not None
+
+    def open_segment(self, after: str, *, fresh: bool) -> None:
+        """Code outside a step resumes after `after`; `fresh` when that was a step's end,
+        a timer's end or the handler's start, which begin a new activation."""
+        if self._started is not None or not self.live:
             return
-        if after is not None:
-            self._after = after
+        if fresh:
+            self._activation, self._since, self._segments = 0.0, after, 0
+            self._hook_left = CALL_CHECK_SAMPLE
         index = self._index
-        if index is not None and self.violation is None:
+        if index is not None and self.violation is None and self._hook_left > 0:
             index.refresh()
             if sys.getprofile() is None:  # never displace a profiler someone runs
+                self._hooked_at = time.perf_counter()
+                self._hook_until = self._hooked_at + self._hook_left
+                self._countdown = _CHECK_CLOCK_EVERY
                 sys.setprofile(self._hook_fn)
                 self._hooked = True
         self._started = time.perf_counter()
@@ -92,29 +126,54 @@ class Watch:
         elapsed = time.perf_counter() - started
         self._started = None
         self._unhook()
-        if elapsed > self._threshold and self.violation is None:
+        self._activation += elapsed
+        self._segments += 1
+        if self._activation > self._threshold and self.violation is None:
+            through = (
+                "; the awaits in between did not wait for a step or a timer"
+                if self._segments > 1
+                else ""
+            )
             self.violation = StrictModeError(
                 self.job_name,
-                f"ran {elapsed:.2f} s outside a step without yielding to the event loop "
-                f"(between {self._after} and {before}), over the {self._threshold:g} s limit",
+                f"ran {self._activation:.2f} s outside a step without waiting for a step or "
+                f"a timer (between {self._since} and {before}{through}), over the "
+                f"{self._threshold:g} s limit",
                 _BLOCK_FIX,
             )
+
+    def finish(self) -> None:
+        """The execution is over: what its tasks still run is not watched."""
+        self._started = None
+        self._unhook()
+        self.live = False
 
     def _unhook(self) -> None:
         if self._hooked:
             self._hooked = False
+            self._hook_left -= time.perf_counter() - self._hooked_at
             if sys.getprofile() is self._hook_fn:
                 sys.setprofile(None)
 
     def machinery(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Call jobkit's own machinery (progress, logging) with the call check paused."""
-        if not self._hooked:
-            return fn(*args)
-        sys.setprofile(None)
+        """Call jobkit's own machinery (progress, logging) with the call check paused; a
+        task it starts (a progress write) is the engine's, not watched."""
+        token = _in_step.set(True)
+        try:
+            return self.unchecked(fn, *args)
+        finally:
+            _in_step.reset(token)
+
+    def unchecked(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call `fn` with the call check paused."""
+        hooked = self._hooked
+        if hooked:
+            sys.setprofile(None)
         try:
             return fn(*args)
         finally:
-            sys.setprofile(self._hook_fn)
+            if hooked and self._hooked:
+                sys.setprofile(self._hook_fn)
 
     # -- steps ---------------------------------------------------------------------------
 
@@ -133,24 +192,36 @@ class Watch:
         return call, paused
 
     def exit_step(self, call: StepCall, paused: bool) -> None:
-        if paused:
-            self.open_segment(f"step {call.step_id!r}")
+        if paused:  # a step's result comes in a new activation on Temporal
+            self.open_segment(f"step {call.step_id!r}", fresh=True)
 
     # -- the call check ------------------------------------------------------------------
 
     def _hook(self, frame: types.FrameType, event: str, arg: Any) -> None:
+        if event != "call" and event != "c_call":  # returns: nothing to check
+            return
+        self._countdown -= 1
+        if not self._countdown and self._sampled():
+            return
         index = self._index
+        assert index is not None
         if event == "c_call":
-            assert index is not None
             checked = index.checked(frame)
             refusal = index.c_refusal(arg) if checked else index.c_loop_refusal(arg)
             if refusal is not None:
                 self._refuse(refusal, frame)
-        elif event == "call":
-            assert index is not None
+        else:
             refusals = index.codes.get(frame.f_code)
             if refusals is not None:
                 self._check_call(refusals, frame)
+
+    def _sampled(self) -> bool:
+        """Whether the hook has watched long enough in this activation: then it stops."""
+        self._countdown = _CHECK_CLOCK_EVERY
+        if time.perf_counter() < self._hook_until:
+            return False
+        self._unhook()
+        return True
 
     def _check_call(self, refusals: tuple[Refusal, ...], frame: types.FrameType) -> None:
         caller = frame.f_back
@@ -202,50 +273,6 @@ class Watch:
             if chain[0] is not chain[-1]:
                 where += f" and {_qualname(chain[0])}"
         return where
-
-
-class Driven:
-    """Drives the handler's coroutine, one segment per resumption outside a step."""
-
-    __slots__ = ("_coro", "_resumed", "_watch")
-
-    def __init__(self, coro: Awaitable[Any], watch: Watch) -> None:
-        self._coro: Any = coro
-        self._watch = watch
-        self._resumed = False
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        return self  # type: ignore[return-value]
-
-    def __next__(self) -> Any:
-        return self._resume(self._coro.send, None)
-
-    def send(self, value: Any) -> Any:
-        return self._resume(self._coro.send, value)
-
-    def throw(self, *exc: Any) -> Any:
-        return self._resume(self._coro.throw, *exc)
-
-    def close(self) -> None:
-        self._coro.close()
-
-    def _resume(self, method: Callable[..., Any], *args: Any) -> Any:
-        watch = self._watch
-        earlier = watch.violation
-        if not _in_step.get():
-            watch.open_segment("an await" if self._resumed else "the handler's start")
-        self._resumed = True
-        yielded = False
-        try:
-            result = method(*args)
-            yielded = True
-            return result
-        finally:
-            watch.close_segment("an await" if yielded else "the handler's end")
-            if earlier is None and watch.violation is not None:
-                if yielded:  # the handler went on (it caught the error): stop it there
-                    self._coro.close()
-                raise watch.violation
 
 
 class StrictSteps:
