@@ -18,9 +18,10 @@ activation runs until nothing in the workflow is ready to run:
   cancellation;
 - any other await continues it: `asyncio.sleep(0)`, and a future the job's own code
   resolves (a gather of branches, an `asyncio.Event`, a queue), as on Temporal only steps,
-  timers and cancellation come from outside. Other timers (`asyncio.wait_for`,
-  `asyncio.timeout`) are not recognised, and a step ending while another branch computes
-  begins a new activation at once, where Temporal would deliver it after that branch yields.
+  timers and cancellation come from outside. A wait that `asyncio.wait_for` ends at its
+  timeout is not recognised as a timer (`asyncio.timeout` cancels: that is), and a step
+  ending while another branch computes begins a new activation at once, where Temporal
+  would deliver it after that branch waits.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class Driven:
 
     def throw(self, *exc: Any) -> Any:
         if isinstance(exc[0], asyncio.CancelledError) or exc[0] is asyncio.CancelledError:
-            self._fresh = True  # a cancellation comes from outside, as on Temporal
+            self._fresh, self._after = True, "a cancellation"  # from outside, as on Temporal
         return self._resume(self._coro.throw, *exc)
 
     def close(self) -> None:
@@ -97,8 +98,8 @@ class Driven:
         try:
             result = method(*args)
             yielded = True
-            self._after = "an await"
             self._fresh = result is not None and _waits_for_a_timer(self._coro)
+            self._after = "a timer" if self._fresh else "an await"
             return result
         finally:
             # Ends this segment, or the one a step's end opened during this resumption.
@@ -136,8 +137,10 @@ class _TaskFactory:
         watch = _watching.get()
         if watch is None or not watch.live or _in_step.get():
             return self._make(loop, coro, kwargs)
+        driven = Driven(coro, watch, handler=False)
         # The loop's own factory is the application's machinery, not the job's code.
-        return watch.unchecked(self._make, loop, Driven(coro, watch, handler=False), kwargs)  # type: ignore[no-any-return]
+        task: asyncio.Task[Any] = watch.unchecked(self._make, loop, driven, kwargs)
+        return task
 
     def _make(
         self, loop: asyncio.AbstractEventLoop, coro: Any, kwargs: dict[str, Any]
