@@ -14,7 +14,7 @@ from jobkit_dispatch.testing import InlineEngine, ManualClock
 class TestInlineConformance(EngineConformance):
     @pytest.fixture
     def harness(self) -> Iterator[Harness]:
-        harness = Harness.inline()
+        harness = Harness.inline()  # strict: the suite's jobs keep Temporal's rules too
         yield harness
         harness.engine.close()
 

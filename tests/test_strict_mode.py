@@ -19,8 +19,7 @@ import pytest
 
 from jobkit import JobkitSettings
 from jobkit_dispatch import dispatch_job
-from jobkit_dispatch.conformance import EngineConformance, Harness
-from jobkit_dispatch.testing import InlineEngine, ManualClock, inline_engine, wait_for_job
+from jobkit_dispatch.testing import InlineEngine, inline_engine, wait_for_job
 from jobkit_engine import (
     DictStepMemo,
     JobContext,
@@ -395,14 +394,3 @@ def test_a_retry_after_a_caught_step_failure_replays_cleanly(jobkit_inline: Inli
     info = wait_for_job(dispatch_job("strict.recovers", {}).job_id)
     assert info.status == "succeeded" and info.attempts == 2, info.error
     assert info.result == 7
-
-
-class TestTheConformanceJobsPassInStrictMode(EngineConformance):
-    """The conformance suite's jobs keep Temporal's rules: its whole run passes strict."""
-
-    @pytest.fixture
-    def harness(self) -> Iterator[Harness]:
-        clock = ManualClock()
-        harness = Harness(InlineEngine(clock=clock, strict=True), now=clock.now)
-        yield harness
-        harness.engine.close()

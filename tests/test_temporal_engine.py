@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -42,6 +42,7 @@ from jobkit_engine import (
     Retry,
     job,
 )
+from tests.waiting import eventually
 
 pytest.importorskip("temporalio")
 
@@ -185,19 +186,6 @@ def engine(jobkit_temporal_server: TemporalDevServer) -> Iterator[TemporalEngine
     with engine.start_worker([QUEUE]), use_engine(engine):
         yield engine
     engine.close()
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> str:
-    return str(tmp_path)
-
-
-def eventually(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout}s")
-        time.sleep(0.02)
 
 
 def history_event_types(address: str, job_id: str) -> list[str]:

@@ -20,9 +20,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
@@ -33,6 +32,7 @@ from jobkit_dispatch.conformance._files import count, open_gate, tally, wait_for
 from jobkit_dispatch.testing import use_engine, wait_for_job
 from jobkit_dispatch.testing.temporal_server import TemporalDevServer
 from jobkit_engine import JobContext, JobStatus, Retry, job
+from tests.waiting import eventually
 
 pytest.importorskip("temporalio")
 
@@ -134,19 +134,6 @@ def engine(jobkit_temporal_server: TemporalDevServer) -> Iterator[TemporalEngine
     with engine.start_worker([QUEUE]), use_engine(engine):
         yield engine
     engine.close()
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> str:
-    return str(tmp_path)
-
-
-def eventually(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout}s")
-        time.sleep(0.02)
 
 
 def has_heartbeat(address: str, job_id: str) -> bool:

@@ -7,10 +7,8 @@ server and worker, with a limit of 60 events instead of 40,000).
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
@@ -21,6 +19,7 @@ from jobkit_dispatch.conformance._files import count, open_gate, tally, wait_for
 from jobkit_dispatch.testing import use_engine, wait_for_job
 from jobkit_dispatch.testing.temporal_server import TemporalDevServer
 from jobkit_engine import JobContext, JobInfo, JobStatus, job
+from tests.waiting import eventually
 
 pytest.importorskip("temporalio")
 
@@ -83,11 +82,6 @@ def engine(jobkit_temporal_server: TemporalDevServer) -> Iterator[TemporalEngine
     engine.close()
 
 
-@pytest.fixture
-def workdir(tmp_path: Path) -> str:
-    return str(tmp_path)
-
-
 def low_limits(server: TemporalDevServer, **options: float) -> TemporalEngine:
     """An engine whose jobs warn at 30 history events and fail at 60."""
     return TemporalEngine(
@@ -107,14 +101,6 @@ def history_error(info: JobInfo) -> str:
     assert info.job_id in message and "limit of 60" in message and "split" in message
     assert int(message.split(" has ")[1].split(" events")[0]) >= 60
     return message
-
-
-def eventually(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout}s")
-        time.sleep(0.02)
 
 
 def test_a_job_near_the_history_limit_is_warned_once_then_fails(
