@@ -356,3 +356,20 @@ async def runs_steps_in_parallel(ctx: JobContext) -> list[float]:
     )
     seconds = await asyncio.gather(*(ctx.step.run(f"again-{n}", slow, 0.01 * n) for n in range(3)))
     return [*firsts, *seconds]
+
+
+async def _reads_a_file_then_signals(done: asyncio.Event) -> None:
+    with open(__file__) as source:  # refused: the task is the job's own code
+        source.readline()
+    done.set()
+
+
+@job("strict.waits-for-a-broken-task", retry=RETRIES)
+async def waits_for_a_broken_task(ctx: JobContext) -> str:
+    """Waits for a task that breaks a rule before it can signal: the violation must end
+    the handler too, not leave it waiting until the attempt times out."""
+    done = asyncio.Event()
+    task = asyncio.create_task(_reads_a_file_then_signals(done))
+    await done.wait()
+    await task
+    return "signalled"

@@ -270,8 +270,9 @@ async def test_crash_recovery_decides_as_the_lifecycle_core(
     )
     info: Any = engine.get(job_id)
     if isinstance(expected, RunAgain):
-        assert expected.at == now  # due at once: RQ puts it straight back on the queue
-        assert info.status == JobStatus.QUEUED
+        # Due at once: RQ puts it straight back on the queue, the failure in view.
+        assert (expected.status, expected.at) == (JobStatus.SCHEDULED, now)
+        assert (info.status, info.error) == (JobStatus.QUEUED, expected.error)
         assert redis.lrange(q.queue, 0, -1) == [job_id.encode()]
     else:
         assert info.status == expected.status

@@ -4,6 +4,7 @@ every engine)."""
 from __future__ import annotations
 
 import functools
+import sys
 
 import pytest
 
@@ -157,10 +158,25 @@ def test_an_inherited_classmethod_is_refused_where_a_worker_would_call_another_c
     assert step_ref("s", Heir.static) == f"{__name__}:Steps.static"  # no class involved
 
 
-def test_a_temporal_workflow_never_imports_a_module_a_failure_names() -> None:
+def test_a_temporal_workflow_never_imports_a_module_a_failure_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from jobkit_dispatch.engines.temporal import _steps as temporal_steps
 
-    temporal_steps.remember_worker_packages()
+    monkeypatch.setattr(temporal_steps, "_worker_modules", frozenset())
+    temporal_steps.remember_worker_modules()
     assert temporal_steps._import_passed_through("json") is __import__("json")
-    with pytest.raises(ImportError, match="not a package this worker loaded"):
-        temporal_steps._import_passed_through("antigravity_is_not_loaded")
+    for module in ("antigravity_is_not_loaded", "jobkit_dispatch.not_a_loaded_submodule"):
+        with pytest.raises(ImportError, match="not a module this worker loaded"):
+            temporal_steps._import_passed_through(module)
+        assert module not in sys.modules
+
+
+def test_a_forged_step_name_cannot_reach_a_library_function_through_imports() -> None:
+    from jobkit_engine.runtime import resolve_ref
+
+    for ref in ("jobkit_engine._steps:sys.exit", f"{__name__}:functools.reduce"):
+        with pytest.raises(StepError, match="not a function defined in"):
+            resolve_ref(ref)
+    with pytest.raises(StepError):
+        resolve_ref(f"{__name__}:plain.__globals__")

@@ -394,3 +394,26 @@ def test_a_retry_after_a_caught_step_failure_replays_cleanly(jobkit_inline: Inli
     info = wait_for_job(dispatch_job("strict.recovers", {}).job_id)
     assert info.status == "succeeded" and info.attempts == 2, info.error
     assert info.result == 7
+
+
+def test_a_violation_in_a_task_ends_a_handler_that_waits_for_that_task() -> None:
+    started = time.monotonic()
+    info = run("strict.waits-for-a-broken-task")
+    assert info.status == "failed" and info.error is not None, info
+    assert info.error.type == "StrictModeError" and "open()" in info.error.message
+    assert info.attempts == 1
+    assert time.monotonic() - started < 8  # not the attempt's timeout (the queue's: minutes)
+
+
+def test_a_task_factory_reads_the_job_coroutine_through_the_wrapper() -> None:
+    from jobkit_engine.strict._tasks import Driven
+    from jobkit_engine.strict._watch import Watch
+
+    async def branch() -> int:
+        return 1
+
+    coro = branch()
+    driven = Driven(coro, Watch("j", branch, None, 2.0), handler=False)
+    assert driven.__qualname__ == coro.__qualname__
+    assert driven.cr_running is False
+    coro.close()

@@ -147,8 +147,9 @@ def test_a_job_waiting_for_a_slot_reaches_the_history_limit_and_fails(
     workdir: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A job queued for days asks for a slot again every 30 s: here every 50 ms."""
+    """A job queued for weeks asks for a slot again every few minutes: here every 50 ms."""
     monkeypatch.setattr(_job_slot, "SLOT_RECHECK", timedelta(milliseconds=50))
+    monkeypatch.setattr(_job_slot, "SLOT_RECHECK_MAX", timedelta(milliseconds=50))
     low = low_limits(jobkit_temporal_server)
     with engine.start_worker([ONE_QUEUE]), use_engine(low):
         holder = dispatch_job(one_slot, {"workdir": workdir, "role": "holder"})

@@ -111,9 +111,13 @@ def resolve_ref(ref: str) -> Callable[..., Any]:
             "function must live in a module the worker's job modules import"
         )
     for part in qualname.split("."):
-        target = getattr(target, part, None)
-    if not callable(target):
-        raise StepError(f"step function {ref} is not a function of {module_name!r}")
+        target = None if part.startswith("__") else getattr(target, part, None)
+    # What the name leads to must be defined there under that name: `mod:os.system`
+    # reaches a library function through a module's imports, and is refused.
+    function = getattr(target, "__func__", target)
+    defined_at = (getattr(function, "__module__", None), getattr(function, "__qualname__", None))
+    if not callable(target) or defined_at != (module_name, qualname):
+        raise StepError(f"step function {ref} is not a function defined in {module_name!r}")
     return target
 
 

@@ -106,10 +106,16 @@ class StrictMode:
         )
         ended: BaseException | None = None
         result = None
+        watch.owner = asyncio.current_task()
         try:
             with watching_tasks(watch):  # and the tasks the handler starts
                 result = await Driven(definition(live, payload), watch, handler=True)
-        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+        except asyncio.CancelledError:
+            if watch.owner_interrupted and watch.violation is not None and watch.owner:
+                watch.owner.uncancel()  # the interruption was ours: the violation ends it
+                raise watch.violation from None
+            raise
+        except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # a failure, or the long sleep that suspends the job
             ended = exc

@@ -41,7 +41,7 @@ _SLEEP = asyncio.sleep.__code__
 class Driven:
     """Drives one coroutine of the job, one segment per resumption outside a step."""
 
-    __slots__ = ("_after", "_coro", "_end", "_fresh", "_watch")
+    __slots__ = ("_after", "_coro", "_end", "_fresh", "_handler", "_watch")
 
     def __init__(self, coro: Any, watch: Watch, *, handler: bool) -> None:
         self._coro = coro
@@ -49,6 +49,7 @@ class Driven:
         self._after = "the handler's start" if handler else "a task's start"
         self._end = "the handler's end" if handler else "the task's end"
         self._fresh = handler
+        self._handler = handler
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self  # type: ignore[return-value]
@@ -87,6 +88,13 @@ class Driven:
     def __name__(self) -> str:
         return str(getattr(self._coro, "__qualname__", type(self._coro).__name__))
 
+    def __getattr__(self, name: str) -> Any:
+        # Anything else a task factory or a debugger reads of a coroutine (`__qualname__`,
+        # `cr_running`, ...) is the job's coroutine's.
+        if name == "_coro":
+            raise AttributeError(name)
+        return getattr(self._coro, name)
+
     def _resume(self, method: Callable[..., Any], *args: Any) -> Any:
         watch = self._watch
         if not watch.live or watch.in_segment:  # over, or started eagerly inside a segment
@@ -107,6 +115,8 @@ class Driven:
             if earlier is None and watch.violation is not None:
                 if yielded:  # the code went on (it caught the error): stop it there
                     self._coro.close()
+                if not self._handler:
+                    watch.interrupt_owner()
                 raise watch.violation
 
 
@@ -135,7 +145,7 @@ class _TaskFactory:
         self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any
     ) -> asyncio.Task[Any]:
         watch = _watching.get()
-        if watch is None or not watch.live or _in_step.get():
+        if watch is None or not watch.live or _in_step.get() or isinstance(coro, Driven):
             return self._make(loop, coro, kwargs)
         driven = Driven(coro, watch, handler=False)
         # The loop's own factory is the application's machinery, not the job's code.

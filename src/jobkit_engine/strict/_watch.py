@@ -77,6 +77,10 @@ class Watch:
         self.keep_results = keep_results  # for the replay
         self.live = True  # until the execution ends: tasks it left behind are not watched
         self.violation: StrictModeError | None = None
+        # The task awaiting the handler: a violation in a task the handler started
+        # interrupts it, or it could wait for that task until the attempt times out.
+        self.owner: asyncio.Task[Any] | None = None
+        self.owner_interrupted = False
         self.steps: list[StepCall] = []
         self._handler_code = getattr(handler, "__code__", None)
         self._index = index
@@ -86,7 +90,7 @@ class Watch:
         self._since = ""  # where the current activation began, for the watchdog's message
         self._segments = 0  # in the current activation
         self._hook_left = CALL_CHECK_SAMPLE  # seconds the hook may still run in it
-        self._hook_until = 0.0  # perf_counter() when the hook stops, in this segment
+        self._hook_until = 0.0  # thread_time() when the hook stops, in this segment
         self._hooked_at = 0.0
         self._countdown = _CHECK_CLOCK_EVERY
         self._hooked = False
@@ -112,7 +116,9 @@ class Watch:
         if index is not None and self.violation is None and self._hook_left > 0:
             index.refresh()
             if sys.getprofile() is None:  # never displace a profiler someone runs
-                self._hooked_at = time.perf_counter()
+                # Thread time, so that a loaded machine (this thread descheduled) does not
+                # use the sample up: whether a call is seen must not depend on the load.
+                self._hooked_at = time.thread_time()
                 self._hook_until = self._hooked_at + self._hook_left
                 self._countdown = _CHECK_CLOCK_EVERY
                 sys.setprofile(self._hook_fn)
@@ -142,6 +148,13 @@ class Watch:
                 _BLOCK_FIX,
             )
 
+    def interrupt_owner(self) -> None:
+        """A task the handler started broke a rule: end the handler too."""
+        owner = self.owner
+        if owner is not None and owner is not asyncio.current_task() and not owner.done():
+            self.owner_interrupted = True
+            owner.cancel()
+
     def finish(self) -> None:
         """The execution is over: what its tasks still run is not watched."""
         self._started = None
@@ -151,7 +164,7 @@ class Watch:
     def _unhook(self) -> None:
         if self._hooked:
             self._hooked = False
-            self._hook_left -= time.perf_counter() - self._hooked_at
+            self._hook_left -= time.thread_time() - self._hooked_at
             if sys.getprofile() is self._hook_fn:
                 sys.setprofile(None)
 
@@ -218,7 +231,7 @@ class Watch:
     def _sampled(self) -> bool:
         """Whether the hook has watched long enough in this activation: then it stops."""
         self._countdown = _CHECK_CLOCK_EVERY
-        if time.perf_counter() < self._hook_until:
+        if time.thread_time() < self._hook_until:
             return False
         self._unhook()
         return True

@@ -2,9 +2,9 @@
 
 Everything a job waits for adds events to its workflow history: a step (about six), a
 sleep's timer, a retry's backoff timer, each round of asking for a slot of its queue
-(about five every 30 s, `SLOT_RECHECK`, while it stays queued). Temporal warns at 10,240 events
-and terminates a workflow at 51,200, which would end the job with no error of its own.
-So before each of these the workflow calls `HistoryGuard.check`: past
+(about five a round, at most one round in 5 minutes while it stays queued). Temporal warns
+at 10,240 events and terminates a workflow at 51,200, which would end the job with no error
+of its own. So before each of these the workflow calls `HistoryGuard.check`: past
 `history_warn_events` it logs one warning per job, and at `history_limit_events` what
 came next does not start and the job fails with a `HistoryLimitError` that says how to
 split it.

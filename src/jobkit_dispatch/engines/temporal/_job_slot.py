@@ -20,7 +20,11 @@ from jobkit_dispatch.engines.temporal._guard import HistoryGuard
 from jobkit_dispatch.engines.temporal._model import ACQUIRE_SLOT
 from jobkit_dispatch.engines.temporal._slots import pool_for
 
-SLOT_RECHECK = timedelta(seconds=30)  # a queued job asks again, in case its worker died
+# A queued job asks again, in case its worker died: after 30 s, then at doubling intervals
+# up to 5 min (a freed slot wakes it at once by signal). Each round adds about five events
+# to its history, so a job queued for a long time ages slowly: some 60 events an hour.
+SLOT_RECHECK = timedelta(seconds=30)
+SLOT_RECHECK_MAX = timedelta(minutes=5)
 LEASE_MARGIN = 60.0  # seconds a slot may outlive the attempt's timeout
 
 
@@ -41,6 +45,7 @@ class JobSlot:
         self._taken += 1
         info = workflow.info()
         token = f"{info.workflow_id}/{info.run_id}/{self._taken}"
+        recheck = SLOT_RECHECK
         while True:
             # A job queued for days asks again and again: each round adds events.
             self._history.check("another request for a slot")
@@ -62,9 +67,10 @@ class JobSlot:
             on_queued()
             try:
                 await workflow.wait_condition(
-                    lambda: self.freed, timeout=SLOT_RECHECK, timeout_summary="slot recheck"
+                    lambda: self.freed, timeout=recheck, timeout_summary="slot recheck"
                 )
             except TimeoutError:
+                recheck = min(recheck * 2, SLOT_RECHECK_MAX)
                 continue
 
     def release(self) -> None:

@@ -67,22 +67,23 @@ def _encoded(cause: ApplicationError) -> dict[str, Any] | None:
     return None
 
 
-_worker_packages: frozenset[str] = frozenset()
+_worker_modules: frozenset[str] = frozenset()
 
 
-def remember_worker_packages() -> None:
-    """Note the packages this worker has loaded (its job modules and what they import),
+def remember_worker_modules() -> None:
+    """Note the modules this worker has loaded (its job modules and what they import),
     before it serves: the only ones a failure may name. Inside the workflow sandbox
     `sys.modules` is the sandbox's, so the list is taken here, outside it."""
-    global _worker_packages
-    _worker_packages = frozenset(name.partition(".")[0] for name in list(sys.modules))
+    global _worker_modules
+    _worker_modules = frozenset(sys.modules)
 
 
 def _import_passed_through(module: str) -> ModuleType:
     """The worker's module of an exception class, never one it has not loaded: a module
     name in a failure is data."""
-    if module.partition(".")[0] not in _worker_packages:
-        raise ImportError(f"{module} is not a package this worker loaded")
+    if module not in _worker_modules:
+        raise ImportError(f"{module} is not a module this worker loaded")
     # `__import__`, not importlib: the sandbox decides pass-through in its `__import__`.
+    # The module is loaded already: this finds it, it imports nothing.
     with workflow.unsafe.imports_passed_through():
         return __import__(module, fromlist=["__name__"])

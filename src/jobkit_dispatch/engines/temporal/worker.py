@@ -37,7 +37,7 @@ from jobkit.queues import QueueRegistry, default_queues
 from jobkit.settings import JobkitSettings
 from jobkit_dispatch.engines.temporal._model import SLOT_SIGNAL, TERMINATION_KEY, ErrorState
 from jobkit_dispatch.engines.temporal._slots import SlotPool, register_pool, unregister_pool
-from jobkit_dispatch.engines.temporal._steps import remember_worker_packages
+from jobkit_dispatch.engines.temporal._steps import remember_worker_modules
 from jobkit_dispatch.engines.temporal._watchdog import ActivationWatchdog
 from jobkit_dispatch.engines.temporal.activities import SlotActivities, run_step
 from jobkit_dispatch.engines.temporal.workflow import JobWorkflow
@@ -86,7 +86,7 @@ async def serve(
     `worker_options` go to every temporalio `Worker` (e.g. `max_cached_workflows`).
     """
     loop = asyncio.get_running_loop()
-    remember_worker_packages()
+    remember_worker_modules()
     runner = SandboxedWorkflowRunner(restrictions=sandbox_restrictions(modules))
     workers: list[Worker] = []
     pools: list[SlotPool] = []
