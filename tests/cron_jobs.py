@@ -2,7 +2,7 @@
 
 The job tallies one line per execution under `<schedule>-<fire epoch>`, so a test can see
 each fire time's side effect. The schedules (one per catch-up policy, every second)
-register only when `JOBKIT_TEST_CRON_WORKDIR` is set, as in the `jobkit cron` processes
+register only when `CRON_TEST_WORKDIR` is set, as in the `jobkit cron` processes
 the tests start.
 """
 
@@ -48,7 +48,7 @@ def fire_payload(schedule_name: str, workdir: str) -> Callable[[datetime], dict[
     return payload
 
 
-WORKDIR = os.environ.get("JOBKIT_TEST_CRON_WORKDIR")
+WORKDIR = os.environ.get("CRON_TEST_WORKDIR")
 if WORKDIR:
     for _policy in CATCH_UP_POLICIES:
         _name = f"every-second-{_policy}"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 from click.testing import CliRunner
 
@@ -45,3 +48,36 @@ def test_worker_refuses_an_unknown_queue() -> None:
     result = CliRunner().invoke(main, ["worker", "--queue", "nope"])
     assert result.exit_code != 0
     assert "unknown queue 'nope'" in result.output
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI in a process of its own: its registry holds only what it imports."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("JOBKIT_")}
+    return subprocess.run(
+        [sys.executable, "-m", "jobkit_dispatch.cli", *args],
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_worker_without_job_modules_refuses_to_start() -> None:
+    result = _cli("worker", "--queue", "default")
+    assert result.returncode == 1
+    assert "no jobs are registered" in result.stderr
+    assert "--import myapp.jobs" in result.stderr
+
+
+def test_settings_mistakes_are_reported_not_ignored() -> None:
+    typo = _cli("jobs", "--import", "tests.jobs", env={"JOBKIT_REDIS_ULR": "redis://x"})
+    assert typo.returncode == 0
+    assert "JOBKIT_REDIS_ULR is not a jobkit setting (did you mean JOBKIT_REDIS_URL?)" in (
+        typo.stderr
+    )
+    bad = _cli("jobs", env={"JOBKIT_WORKER_HEARTBEAT": "soon"})
+    assert bad.returncode == 1
+    assert "JOBKIT_WORKER_HEARTBEAT" in bad.stderr and "Traceback" not in bad.stderr
+    listed = _cli("jobs", env={"JOBKIT_JOB_MODULES": "tests.jobs,tests.rq_jobs"})
+    assert "tests.greet" in listed.stdout, listed.stderr

@@ -397,7 +397,7 @@ class CronProcess:
             **os.environ,
             "JOBKIT_REDIS_URL": url,
             "JOBKIT_ENGINE": "rq",
-            "JOBKIT_TEST_CRON_WORKDIR": str(workdir),
+            "CRON_TEST_WORKDIR": str(workdir),
         }
         args = ["cron", "--import", "tests.cron_jobs", "--grace", str(E2E_GRACE)]
         with open(log, "ab") as out:

@@ -159,7 +159,7 @@ def test_page_runs(
         "JOBKIT_REDIS_URL": jobkit_redis_server.url,
         "JOBKIT_TEMPORAL_ADDRESS": jobkit_temporal_server.address,
         "JOBKIT_TEMPORAL_TASK_QUEUE_PREFIX": f"docs-{uuid.uuid4().hex[:8]}-",
-        "JOBKIT_DOCS_ROOT": str(ROOT),
+        "DOCS_ROOT": str(ROOT),
         **page_env(page),
     }
     run = subprocess.run(

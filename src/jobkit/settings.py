@@ -6,12 +6,22 @@ Secrets (the Redis URLs may carry a password) are `SecretStr`: they never show u
 
 from __future__ import annotations
 
+import difflib
 import functools
-from typing import Literal
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
+
+from jobkit.errors import ConfigurationError
+
+log = logging.getLogger("jobkit.settings")
 
 EngineChoice = Literal["auto", "rq", "temporal", "inline"] | str
 
@@ -63,9 +73,23 @@ class JobkitSettings(BaseSettings):
         description="largest JSON (in bytes) of a job's payload or result, or a step's "
         "arguments or result, on every engine; Temporal's 2 MB per payload is the ceiling",
     )
-    job_modules: list[str] = Field(
-        default_factory=list, description="modules a worker imports to register jobs"
+    job_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="modules a worker imports to register jobs: myapp.jobs,myapp.other "
+        "(or a JSON list)",
     )
+
+    @field_validator("job_modules", mode="before")
+    @classmethod
+    def _module_list(cls, value: Any) -> Any:
+        """`a.jobs,b.jobs` as well as `["a.jobs", "b.jobs"]`."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [name.strip() for name in text.split(",") if name.strip()]
+        return value
+
     strict: bool = Field(
         False,
         description="workers run handlers in strict mode (jobkit_engine.strict): code outside "
@@ -75,8 +99,39 @@ class JobkitSettings(BaseSettings):
 
 @functools.cache
 def get_settings() -> JobkitSettings:
-    """The process-wide settings, read once. Tests pass their own `JobkitSettings`."""
-    return JobkitSettings()
+    """The process-wide settings, read once. Tests pass their own `JobkitSettings`.
+
+    A `JOBKIT_*` variable that is no setting (a typo: `JOBKIT_REDIS_ULR`) is logged once,
+    with the setting it resembles: silently ignored, it would send every job elsewhere.
+    A value that does not parse is a `ConfigurationError` naming the variable (and not
+    its value, which may be a secret).
+    """
+    for name, suggestion in unknown_variables(os.environ):
+        hint = f" (did you mean {suggestion}?)" if suggestion else ""
+        log.warning("%s is not a jobkit setting%s; it is ignored", name, hint)
+    try:
+        return JobkitSettings()
+    except (ValidationError, SettingsError) as exc:
+        raise ConfigurationError(f"invalid jobkit settings: {_describe(exc)}") from None
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """Each `JOBKIT_*` variable that names no setting, with the closest setting's name."""
+    known = [f"JOBKIT_{name.upper()}" for name in JobkitSettings.model_fields]
+    return [
+        (name, next(iter(difflib.get_close_matches(name, known, n=1)), None))
+        for name in sorted(environ)
+        if name.startswith("JOBKIT_") and name not in known
+    ]
+
+
+def _describe(exc: ValidationError | SettingsError) -> str:
+    if isinstance(exc, SettingsError):
+        return str(exc).replace('for field "', "for JOBKIT_").replace('" from', " from")
+    return "; ".join(
+        f"JOBKIT_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+        for error in exc.errors(include_url=False, include_input=False)
+    )
 
 
 def redact_url(url: str | SecretStr) -> str:

@@ -54,8 +54,8 @@ def _load_jobs(modules: tuple[str, ...]) -> list[str]:
     # As `python -m` does: a job module next to where the command is run is importable.
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    names = list(modules) or get_settings().job_modules
     try:
+        names = list(modules) or get_settings().job_modules
         import_job_modules(names)
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -66,6 +66,10 @@ def _load_jobs(modules: tuple[str, ...]) -> list[str]:
 @click.version_option(jobkit.__version__, prog_name="jobkit")
 def main() -> None:
     """Background jobs on RQ, Temporal or inline."""
+    try:  # settings mistakes are reported before any command runs, not met halfway
+        get_settings()
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.command("jobs")
@@ -162,6 +166,7 @@ def worker(
             default_queues.get(name)
         except ConfigurationError as exc:
             raise click.BadParameter(str(exc), param_hint="--queue") from exc
+    _require_jobs(served)
     chosen = sorted(WORKER_RUNTIMES) if "all" in engines else sorted(set(engines) or {"rq"})
     if len(chosen) > 1:
         sys.exit(_supervise_workers(chosen, served, concurrency, names))
@@ -172,6 +177,25 @@ def worker(
     except ImportError as exc:
         raise click.ClickException(f"the {engine} worker is not available: {exc}") from exc
     runtime(queues=served, modules=names, settings=get_settings(), concurrency=concurrency)
+
+
+def _require_jobs(queues: list[str]) -> None:
+    """A worker without its job modules would count as a live worker, take jobs and fail
+    each one with UnknownJobError: refuse to start instead, and say what is missing."""
+    if not default_registry.names():
+        raise click.ClickException(
+            "no jobs are registered, so this worker could run none of the jobs it takes: "
+            "import the modules that define them (--import myapp.jobs, or "
+            "JOBKIT_JOB_MODULES=myapp.jobs)"
+        )
+    defaults = {definition.queue for definition in default_registry}
+    for queue in queues:
+        if queue not in defaults:
+            click.echo(
+                f"warning: no registered job has queue {queue!r} as its queue; this worker "
+                "serves it only for jobs dispatched there with queue=...",
+                err=True,
+            )
 
 
 def _supervise_workers(
