@@ -118,10 +118,18 @@ class Housekeeper:
                 self._link.ok()
 
     async def renew(self) -> None:
-        """One pipeline: the worker's entry, every running job's lease and cancel flag."""
+        """One pipeline: the worker's entry, every running job's lease and cancel flag.
+
+        Redis can lose its data and stay up (a restart without persistence, a failover to
+        an empty replica, `FLUSHALL`); no error says so. The pipeline re-adds the worker to
+        the registry sets (idempotent) and reads whether that, or the hash, was missing: a
+        worker that is gone from the registry gets no jobs, so it registers again."""
         link = self._link
         running = list(self._running)
         async with link.redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(keys.workers_set_key, self._worker_key)
+            pipe.sadd(link.keys.workers, self._worker_key)
+            pipe.exists(self._worker_key)
             pipe.hset(
                 self._worker_key,
                 mapping={
@@ -137,6 +145,12 @@ class Housekeeper:
             for job_id in running:
                 pipe.hget(keys.job_key(job_id), "jk_cancel")
             replies = await pipe.execute()
+        if replies[0] or replies[1] or not replies[2]:
+            await self.register()
+            log.warning(
+                "worker %s: Redis lost this worker's registration (data loss?); registered again",
+                link.name,
+            )
         cancel_flags = replies[len(replies) - len(running) :]  # the HGETs come last
         for job_id, flag in zip(running, cancel_flags, strict=True):
             if flag:

@@ -82,6 +82,22 @@ class RQWorker:
         for job_id in self.cancels.in_handler:
             self._running[job_id].cancel()
 
+    async def _register(self, housekeeper: Housekeeper) -> bool:
+        """Register, waiting for Redis as long as it takes, unless a stop comes first (a
+        worker started while Redis is down must still honour SIGTERM). True if registered."""
+        assert self.link is not None
+        registering = asyncio.ensure_future(self.link.retrying(housekeeper.register))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait({registering, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if registering.done():
+            registering.result()  # an unexpected error ends the worker, as before
+            return True  # a stop that came meanwhile ends the fetch loop at once
+        registering.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await registering
+        return False
+
     async def run(self) -> None:
         self.redis = aioredis.Redis.from_url(
             self.settings.redis_url.get_secret_value(),
@@ -109,7 +125,11 @@ class RQWorker:
             burst=self.burst,
             backoff=min(1.0, self._heartbeat),
         )
-        await link.retrying(housekeeper.register)
+        if not await self._register(housekeeper):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.redis.aclose(), 2)
+            log.info("worker %s stopped before Redis answered", self.name)
+            return
         log.info(
             "worker %s serving queue %r, concurrency %d",
             self.name,
