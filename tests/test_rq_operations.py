@@ -99,3 +99,27 @@ def test_sigterm_stops_a_worker_waiting_for_redis_at_start_up() -> None:
             process.wait(10)
     reader.join(timeout=10)
     assert "stopped before Redis answered" in "".join(lines)
+
+
+def test_a_wrong_redis_password_stops_the_worker_with_a_clear_error() -> None:
+    """Not an outage to ride out: the worker exits at once and says what to fix, without
+    printing the password."""
+    with RedisServer(password="right-secret") as server:
+        wrong = server.url.replace("right-secret", "wrong-secret")
+        out = subprocess.run(
+            [
+                *(sys.executable, "-m", "jobkit_dispatch.cli", "worker", "--engine", "rq"),
+                *("--queue", "rq-messages", "--import", "tests.rq_jobs"),
+            ],
+            env={**os.environ, "JOBKIT_REDIS_URL": wrong},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    said = out.stdout + out.stderr
+    assert out.returncode == 2, said
+    assert "refused this worker's credentials" in said
+    assert "JOBKIT_REDIS_URL" in said
+    assert "wrong-secret" not in said and "right-secret" not in said

@@ -25,17 +25,24 @@ class RedisServer:
     """
 
     def __init__(
-        self, port: int | None = None, *, appendonly: bool = False, executable: str = "redis-server"
+        self,
+        port: int | None = None,
+        *,
+        appendonly: bool = False,
+        executable: str = "redis-server",
+        password: str | None = None,
     ) -> None:
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.password = password  # requirepass: clients must send it
         self.executable = executable
         self._dir = Path(tempfile.mkdtemp(prefix="jobkit-redis-"))
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = "" if self.password is None else f":{self.password}@"
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         binary = shutil.which(self.executable)
@@ -62,6 +69,7 @@ class RedisServer:
                 "noeviction",
                 "--protected-mode",
                 "no",
+                *(() if self.password is None else ("--requirepass", self.password)),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -80,7 +88,9 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                 s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
+                answer = s.recv(64)
+                # With a password, an answer that asks for it means the server is up.
+                return answer.startswith(b"+PONG") or answer.startswith(b"-NOAUTH")
         except OSError:
             return False
 

@@ -14,9 +14,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisError
 
-from jobkit.settings import JobkitSettings
+from jobkit.errors import ConfigurationError
+from jobkit.settings import JobkitSettings, redact_url
 from jobkit_dispatch.engines.rq import keys
 from jobkit_dispatch.engines.rq.scripts import (
     BEGIN_STEP,
@@ -67,6 +68,12 @@ class WorkerLink:
         while True:
             try:
                 result = await action()
+            except AuthenticationError as exc:
+                # Not an outage: waiting cannot fix a wrong password. Stop, and say so.
+                raise ConfigurationError(
+                    f"Redis at {redact_url(self.settings.redis_url)} refused this worker's "
+                    f"credentials ({exc}); check the password (and user) in JOBKIT_REDIS_URL"
+                ) from None
             except (RedisError, OSError) as exc:
                 tried += 1
                 if self.aborting or (attempts is not None and tried >= attempts):

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from jobkit.errors import ConfigurationError
 from jobkit.settings import JobkitSettings
 from jobkit_dispatch.engines.rq.worker import RQWorker
 from jobkit_engine import import_job_modules
@@ -107,4 +108,8 @@ async def serve_queue(queue: str, settings: JobkitSettings, concurrency: int | N
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal)
-    await worker.run()
+    try:
+        await worker.run()
+    except ConfigurationError as exc:  # e.g. a wrong Redis password: no use waiting
+        log.error("worker for queue %r cannot run: %s", queue, exc)
+        raise SystemExit(2) from None
