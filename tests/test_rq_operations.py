@@ -123,3 +123,46 @@ def test_a_wrong_redis_password_stops_the_worker_with_a_clear_error() -> None:
     assert "refused this worker's credentials" in said
     assert "JOBKIT_REDIS_URL" in said
     assert "wrong-secret" not in said and "right-secret" not in said
+
+
+def test_rq_workers_keep_serving_while_temporal_is_unreachable(
+    jobkit_redis_server: RedisServer, client: redis.Redis, tmp_path: Path
+) -> None:
+    """`jobkit worker --engine all` with Temporal down: its Temporal worker waits for the
+    server (logging) instead of exiting, so the RQ worker beside it is not stopped."""
+    env = {
+        **os.environ,
+        "JOBKIT_REDIS_URL": jobkit_redis_server.url,
+        "JOBKIT_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",  # nothing listens there
+        "JOBKIT_WORKER_HEARTBEAT": str(HEARTBEAT),
+    }
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "jobkit_dispatch.cli", "worker", "--engine", "all"),
+            *("--queue", "rq-messages", "--import", "tests.rq_jobs"),
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    assert process.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    settings = JobkitSettings(redis_url=jobkit_redis_server.url, worker_heartbeat=HEARTBEAT)
+    try:
+        _poll(lambda: "is unreachable" in "".join(lines), 30, "the Temporal worker to wait")
+        with use_engine(RQEngine(get_redis(settings=settings), settings=settings)):
+            d = dispatch_job(rq_jobs.ok, {"workdir": str(tmp_path)})
+            info = wait_for_job(d.job_id, timeout=30)
+        assert (info.status, info.engine) == (JobStatus.SUCCEEDED, "rq"), info
+        assert process.poll() is None, "".join(lines)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0, "".join(lines)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    reader.join(timeout=10)

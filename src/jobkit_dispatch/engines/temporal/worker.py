@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import signal
@@ -203,11 +204,6 @@ async def _main(
     concurrency: int | None,
     worker_options: dict[str, Any],
 ) -> None:
-    client = await Client.connect(
-        settings.temporal_address,
-        namespace=settings.temporal_namespace,
-        data_converter=pydantic_data_converter,
-    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = [0]
@@ -222,6 +218,10 @@ async def _main(
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    client = await _connect_until_stopped(settings, stop)
+    if client is None:
+        log.info("stopped before Temporal at %s answered", settings.temporal_address)
+        return
     log.info("serving %s on Temporal at %s", ", ".join(queues), settings.temporal_address)
     await serve(
         client,
@@ -232,6 +232,36 @@ async def _main(
         modules=modules,
         **worker_options,
     )
+
+
+async def _connect_until_stopped(settings: JobkitSettings, stop: asyncio.Event) -> Client | None:
+    """Connect to Temporal, retrying (up to every 30 s) until it answers or `stop` is set.
+
+    A Temporal that is down when the worker starts is an outage, as for RQ workers: the
+    worker waits for it, logging, instead of exiting — which, under `jobkit worker
+    --engine all`, would also stop the RQ workers that can serve meanwhile.
+    """
+    delay, failures = 1.0, 0
+    while not stop.is_set():
+        try:
+            return await Client.connect(
+                settings.temporal_address,
+                namespace=settings.temporal_namespace,
+                data_converter=pydantic_data_converter,
+            )
+        except Exception as exc:  # temporalio raises RuntimeError for an unreachable server
+            failures += 1
+            if failures == 1 or failures % 10 == 0:
+                log.warning(
+                    "Temporal at %s is unreachable (%s); retrying every %.0f s at most",
+                    settings.temporal_address,
+                    exc,
+                    30.0,
+                )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(delay * 2, 30.0)
+    return None
 
 
 class BackgroundWorker:
