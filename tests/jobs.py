@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -26,3 +27,13 @@ def blocking_greet(name: str) -> str:
 async def greet(ctx: JobContext, payload: Greeting) -> Greeted:
     text = await ctx.step.run("greet", blocking_greet, payload.name)
     return Greeted(text=text, thread=threading.current_thread().name)
+
+
+class Loose(BaseModel):
+    data: Any = None
+
+
+@job("tests.loose", retry=1)
+async def loose(ctx: JobContext, payload: Loose) -> Any:
+    """Takes any JSON: the dispatcher, not the model, must refuse what is not JSON."""
+    return payload.data

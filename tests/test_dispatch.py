@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from datetime import UTC, datetime
+from typing import Any, ClassVar
 
 import pytest
+import redis
 
 from jobkit import JobkitSettings
-from jobkit.errors import DispatchError, EngineUnavailableError, UnknownQueueError
+from jobkit.connection import get_redis
+from jobkit.errors import (
+    DispatchArgumentError,
+    DispatchError,
+    EngineUnavailableError,
+    PayloadTooLargeError,
+    PayloadValidationError,
+    UnknownQueueError,
+)
 from jobkit_dispatch import (
     Dispatcher,
     JobRequest,
@@ -19,9 +29,10 @@ from jobkit_dispatch import (
 )
 from jobkit_dispatch.engines import BUILTIN_ENGINES
 from jobkit_dispatch.engines.inline import InlineEngine
-from jobkit_dispatch.testing import use_engine, wait_for_job
+from jobkit_dispatch.engines.rq import RQEngine
+from jobkit_dispatch.testing import RedisServer, use_engine, wait_for_job
 from jobkit_engine import JobStatus
-from tests.jobs import Greeted, greet
+from tests.jobs import Greeted, greet, loose
 
 
 class DownEngine(InlineEngine):
@@ -97,7 +108,7 @@ def test_delay_and_at_are_exclusive_and_at_must_be_aware(jobkit_inline: InlineEn
 
     with pytest.raises(ValueError, match="either"):
         dispatch_job(greet, {"name": "a"}, delay=1, at=datetime.now().astimezone())
-    with pytest.raises(ValueError, match="timezone-aware"):
+    with pytest.raises(ValueError, match="naive datetime"):
         dispatch_job(greet, {"name": "a"}, at=datetime(2030, 1, 1))
 
 
@@ -123,3 +134,34 @@ def test_result_is_typed_and_sync_steps_run_off_the_event_loop() -> None:
         assert info.result == Greeted(text="hello ada", thread="jobkit-inline")
     finally:
         engine.close()
+
+
+BAD_DISPATCHES = [
+    ({"payload": {"data": object()}}, PayloadValidationError, "not JSON"),
+    ({"payload": {"data": b"caf\xe9"}}, PayloadValidationError, "not JSON"),
+    ({"payload": {"data": float("nan")}}, PayloadValidationError, "not JSON"),
+    ({"payload": {"data": float("inf")}}, PayloadValidationError, "not JSON"),
+    ({"at": datetime(2030, 1, 1)}, DispatchArgumentError, r"at=.*naive"),
+    ({"delay": -5}, DispatchArgumentError, r"delay=.*zero or more"),
+    ({"delay": 5, "at": datetime(2030, 1, 1, tzinfo=UTC)}, DispatchArgumentError, "not both"),
+    ({"idempotency_key": ""}, DispatchArgumentError, "idempotency_key"),
+    ({"idempotency_key": "  "}, DispatchArgumentError, "idempotency_key"),
+    ({"payload": {"data": "x" * 2_000_000}}, PayloadTooLargeError, "payload of job"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "error", "message"), BAD_DISPATCHES)
+def test_bad_input_at_dispatch_is_a_specific_error_and_writes_nothing(
+    jobkit_redis_server: RedisServer, arguments: dict[str, Any], error: type, message: str
+) -> None:
+    client = redis.Redis.from_url(jobkit_redis_server.url)
+    client.flushdb()
+    settings = JobkitSettings(redis_url=jobkit_redis_server.url)
+    engine = RQEngine(get_redis(settings=settings), settings=settings)
+    arguments = {"payload": {"data": 1}, **arguments}
+    payload = arguments.pop("payload")
+    with use_engine(engine), pytest.raises(error, match=message):
+        dispatch_job(loose, payload, **arguments)
+    assert client.dbsize() == 0  # nothing was written
+    assert engine.breaker.allow()  # and Redis is not blamed for the caller's mistake
+    client.close()

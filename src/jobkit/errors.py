@@ -10,6 +10,7 @@ JobkitError
 ├── UnknownJobError               a job name nobody registered
 ├── PayloadValidationError        a payload that does not match the job's model
 ├── PayloadTooLargeError          a payload, step argument or result past the size limit
+├── DispatchArgumentError         a dispatch_job argument that cannot work (delay=, at=, key)
 ├── EngineUnavailableError        an engine cannot take jobs right now (the dispatcher falls back)
 ├── DispatchError                 no engine could take the job (names every cause)
 ├── JobNotFoundError              get_job / cancel_job for an id no engine knows
@@ -121,6 +122,16 @@ class PayloadTooLargeError(JobkitError, ValueError):
             "(JOBKIT_MAX_PAYLOAD_BYTES); keep large data elsewhere (a file, a bucket, a "
             "table) and pass a reference to it"
         )
+
+
+class DispatchArgumentError(JobkitError, ValueError):
+    """An argument of `dispatch_job` that cannot work as given: a negative `delay=`, a naive
+    `at=`, both at once, an empty idempotency key. Raised before anything is enqueued;
+    `argument` names it."""
+
+    def __init__(self, argument: str, problem: str) -> None:
+        self.argument = argument
+        super().__init__(f"dispatch_job({argument}=...): {problem}")
 
 
 class EngineUnavailableError(JobkitError):

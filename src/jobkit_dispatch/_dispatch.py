@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError
 
 from jobkit.durations import Duration, require_aware, to_timedelta
 from jobkit.errors import (
     ConfigurationError,
+    DispatchArgumentError,
     DispatchError,
     EngineUnavailableError,
     JobNotFoundError,
+    PayloadTooLargeError,
+    PayloadValidationError,
+    StepError,
 )
 from jobkit.queues import QueueRegistry, default_queues
 from jobkit.settings import JobkitSettings, get_settings
@@ -122,31 +130,52 @@ class Dispatcher:
         idempotency_key: str | None = None,
     ) -> JobRequest:
         """Validate everything about a dispatch before any engine sees it: the payload's
-        fields, and its size (`PayloadTooLargeError`), which every engine shares."""
+        fields, that it is JSON within the size limit every engine shares, and the other
+        arguments. A mistake here is the caller's: it raises a specific error and never
+        counts against an engine's health (no circuit breaker opens for it)."""
         definition = job if isinstance(job, JobDefinition) else self._registry.get(job)
         value = definition.validate_payload(payload)
         queue_name = queue or definition.queue
         self._queues.get(queue_name)
-        if delay is not None and at is not None:
-            raise ValueError("pass either delay= or at=, not both")
         return JobRequest(
-            job_id=(
-                idempotent_job_id(definition.name, idempotency_key)
-                if idempotency_key is not None
-                else uuid.uuid4().hex
-            ),
+            job_id=self._job_id(definition.name, idempotency_key),
             job_name=definition.name,
-            payload=encode(
-                definition.dump_payload(value),
-                f"the payload of job {definition.name!r}",
-                self.settings.max_payload_bytes,
-            ),
+            payload=self._payload(definition, value),
             queue=queue_name,
             max_attempts=definition.retry.attempts,
-            delay=None if delay is None else to_timedelta(delay),
-            run_at=None if at is None else require_aware(at, "at"),
+            delay=_delay(delay, at),
+            run_at=None if at is None else _aware(at),
             idempotency_key=idempotency_key,
         )
+
+    def _payload(self, definition: JobDefinition[Any, Any], value: Any) -> Any:
+        """The payload as JSON within the size limit. Not JSON — an object, bytes that are
+        not text, a NaN or infinity (which pydantic would quietly turn into null) — is the
+        caller's mistake, a `PayloadValidationError`."""
+        what = f"the payload of job {definition.name!r}"
+        try:
+            if _has_non_finite(value):
+                raise StepError(f"{what} is not JSON: it holds NaN or infinity")
+            return encode(definition.dump_payload(value), what, self.settings.max_payload_bytes)
+        except (StepError, ValueError, TypeError, PydanticSerializationError) as exc:
+            if isinstance(exc, PayloadTooLargeError):
+                raise
+            why = str(exc) if isinstance(exc, StepError) else f"{what} is not JSON: {exc}"
+            raise PayloadValidationError(
+                definition.name, [{"loc": (), "msg": f"{why}; send JSON data"}]
+            ) from None
+
+    @staticmethod
+    def _job_id(job_name: str, idempotency_key: str | None) -> str:
+        if idempotency_key is None:
+            return uuid.uuid4().hex
+        if not isinstance(idempotency_key, str) or not idempotency_key.strip():
+            raise DispatchArgumentError(
+                "idempotency_key",
+                f"got {idempotency_key!r}; use a non-empty string that names the operation "
+                "(e.g. f'welcome-{user_id}'), or leave it out",
+            )
+        return idempotent_job_id(job_name, idempotency_key)
 
     def _candidates(
         self, request: JobRequest, causes: dict[str, str]
@@ -308,3 +337,37 @@ def set_dispatcher(dispatcher: Dispatcher | None) -> Dispatcher | None:
     with _default_lock:
         previous, _default = _default, dispatcher
     return previous
+
+
+def _delay(delay: Duration | None, at: datetime | None) -> timedelta | None:
+    if delay is None:
+        return None
+    if at is not None:
+        raise DispatchArgumentError("delay", "pass either delay= or at=, not both")
+    try:
+        return to_timedelta(delay)
+    except ValueError:
+        raise DispatchArgumentError(
+            "delay", f"got {delay!r}; a delay is a duration from now, zero or more"
+        ) from None
+
+
+def _aware(at: datetime) -> datetime:
+    try:
+        return require_aware(at, "at")
+    except ValueError:
+        raise DispatchArgumentError(
+            "at", f"got {at!r}, a naive datetime; pass one with a time zone: datetime.now(UTC)"
+        ) from None
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, BaseModel):
+        return _has_non_finite(value.model_dump())
+    if isinstance(value, dict):
+        return any(_has_non_finite(item) for item in value.values())
+    if isinstance(value, list | tuple | set | frozenset):
+        return any(_has_non_finite(item) for item in value)
+    return False

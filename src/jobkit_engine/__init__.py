@@ -7,6 +7,7 @@ imported from here, so a job module loads in any worker.
 """
 
 from jobkit.errors import (
+    DispatchArgumentError,
     DispatchError,
     DuplicateJobError,
     DuplicateStepError,
@@ -38,6 +39,7 @@ __all__ = [
     "TERMINAL_STATUSES",
     "Clock",
     "DictStepMemo",
+    "DispatchArgumentError",
     "DispatchError",
     "DuplicateJobError",
     "DuplicateStepError",
