@@ -165,3 +165,38 @@ def test_bad_input_at_dispatch_is_a_specific_error_and_writes_nothing(
     assert client.dbsize() == 0  # nothing was written
     assert engine.breaker.allow()  # and Redis is not blamed for the caller's mistake
     client.close()
+
+
+async def test_the_sync_calls_warn_once_inside_an_event_loop(
+    jobkit_inline: InlineEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import warnings
+
+    from jobkit_dispatch import _api, cancel_job, get_job
+
+    monkeypatch.setattr(_api, "_warned", set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        d = dispatch_job(greet, {"name": "a"})
+        dispatch_job(greet, {"name": "b"})
+    said = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(said) == 1, [str(w.message) for w in said]  # once, not per call
+    assert "await adispatch_job(" in str(said[0].message)
+    assert said[0].filename == __file__  # it points at the caller
+    with pytest.warns(RuntimeWarning, match=r"await aget_job\("):
+        get_job(d.job_id)
+    with pytest.warns(RuntimeWarning, match=r"await acancel_job\("):
+        cancel_job(d.job_id)
+
+
+def test_the_sync_calls_do_not_warn_outside_an_event_loop(
+    jobkit_inline: InlineEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import warnings
+
+    from jobkit_dispatch import _api
+
+    monkeypatch.setattr(_api, "_warned", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        dispatch_job(greet, {"name": "a"})

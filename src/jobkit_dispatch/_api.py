@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
+import warnings
 from datetime import datetime
 from typing import Any
 
 from jobkit.durations import Duration
 from jobkit_dispatch._dispatch import _SETTING, Dispatched, get_dispatcher
 from jobkit_engine import JobDefinition, JobInfo
+
+_warned: set[str] = set()
+
+
+def _warn_if_in_event_loop(call: str) -> None:
+    """The sync calls wait on Redis or Temporal: inside a running event loop that wait
+    stalls every other task of the loop. Say so once per call, naming the async twin."""
+    if call in _warned:
+        return
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return  # no loop in this thread: the sync call is the right one
+    _warned.add(call)
+    warnings.warn(
+        f"{call}() was called inside a running event loop, which it blocks while it waits "
+        f"on Redis or Temporal; use `await a{call}(...)` in async code",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def dispatch_job(
@@ -31,6 +53,7 @@ def dispatch_job(
     Raises `UnknownJobError`, `PayloadValidationError`, or `DispatchError` when no engine
     can take the job.
     """
+    _warn_if_in_event_loop("dispatch_job")
     return get_dispatcher().dispatch(
         job,
         payload,
@@ -69,6 +92,7 @@ def get_job(job_id: str) -> JobInfo:
 
     Raises `JobNotFoundError` when no engine knows the id.
     """
+    _warn_if_in_event_loop("get_job")
     return get_dispatcher().get(job_id)
 
 
@@ -82,6 +106,7 @@ def cancel_job(job_id: str) -> bool:
     True when the job is cancelled (a running job stops at its next await); False when it
     had already finished. Raises `JobNotFoundError` for an unknown id.
     """
+    _warn_if_in_event_loop("cancel_job")
     return get_dispatcher().cancel(job_id)
 
 
