@@ -177,6 +177,24 @@ def test_a_second_signal_aborts_and_the_job_runs_again_later(
     assert count(workdir, "first") == 1
 
 
+def test_an_abort_the_handler_lost_is_delivered_again(
+    engine: RQEngine, jobkit_redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The handler loses the abort's interruption (see `rq_jobs.stubborn`): the worker
+    interrupts it again on a heartbeat, hands the job back and exits, instead of waiting
+    for the job to end by itself."""
+    workdir = str(tmp_path)
+    d = dispatch_job(rq_jobs.stubborn, {"workdir": workdir})
+    process = worker(jobkit_redis_server, "rq-messages", tmp_path).start()
+    wait_for_job(d.job_id, lambda i: i.progress is not None)
+    process.signal(signal.SIGTERM)
+    process.signal(signal.SIGINT)
+    assert process.wait(15) == 0
+    info = get_job(d.job_id)
+    assert (info.status, info.attempts) == (JobStatus.QUEUED, 0)
+    assert count(workdir, "finished") == 0
+
+
 def test_a_cancellation_the_handler_lost_is_delivered_again(
     engine: RQEngine, jobkit_redis_server: RedisServer, tmp_path: Path
 ) -> None:

@@ -110,12 +110,26 @@ class Housekeeper:
         cancellations the listener missed, and repeat those a handler did not honour."""
         while True:
             await asyncio.sleep(self._heartbeat)
+            self._repeat_abort()
             try:
                 await self.renew()
             except (RedisError, OSError) as exc:
                 self._link.failed(exc)
             else:
                 self._link.ok()
+
+    def _repeat_abort(self) -> None:
+        """While the worker aborts, interrupt again every handler still running: one
+        interruption can be lost (Python 3.11's `asyncio.wait_for`, which redis-py wraps
+        every command in, swallows a cancellation that arrives as its command completes),
+        and an abort must not wait for the job to end by itself."""
+        if not self._link.aborting:
+            return
+        for job_id in list(self._cancels.in_handler):
+            task = self._running.get(job_id)
+            if task is not None and not task.done():
+                log.warning("job %s: still running after the abort; interrupting again", job_id)
+                task.cancel()
 
     async def renew(self) -> None:
         """One pipeline: the worker's entry, every running job's lease and cancel flag.
