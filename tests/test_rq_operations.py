@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -45,6 +46,36 @@ def _poll(predicate, timeout: float, what: str) -> None:  # type: ignore[no-unty
         time.sleep(0.05)
 
 
+@contextlib.contextmanager
+def _worker_command(
+    engine: str, env: dict[str, str]
+) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """`jobkit worker --engine ENGINE` for the rq-messages queue, its output collected in
+    the list; killed on the way out if the test left it running."""
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "jobkit_dispatch.cli", "worker", "--engine", engine),
+            *("--queue", "rq-messages", "--import", "tests.rq_jobs"),
+        ],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    assert process.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    try:
+        yield process, lines
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        reader.join(timeout=10)
+
+
 def test_a_worker_registers_again_after_redis_loses_its_data(
     jobkit_redis_server: RedisServer, client: redis.Redis, tmp_path: Path
 ) -> None:
@@ -70,34 +101,13 @@ def test_a_worker_registers_again_after_redis_loses_its_data(
 
 def test_sigterm_stops_a_worker_waiting_for_redis_at_start_up() -> None:
     env = {
-        **os.environ,
         "JOBKIT_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
         "JOBKIT_REDIS_CONNECT_TIMEOUT": "0.5",
     }
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "jobkit_dispatch.cli", "worker", "--engine", "rq"),
-            *("--queue", "rq-messages", "--import", "tests.rq_jobs"),
-        ],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    assert process.stdout is not None
-    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)  # type: ignore[arg-type]
-    reader.start()
-    try:
+    with _worker_command("rq", env) as (process, lines):
         _poll(lambda: "Redis unavailable" in "".join(lines), 20, "the worker to wait for Redis")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=5) == 0, "".join(lines)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-    reader.join(timeout=10)
     assert "stopped before Redis answered" in "".join(lines)
 
 
@@ -131,28 +141,12 @@ def test_rq_workers_keep_serving_while_temporal_is_unreachable(
     """`jobkit worker --engine all` with Temporal down: its Temporal worker waits for the
     server (logging) instead of exiting, so the RQ worker beside it is not stopped."""
     env = {
-        **os.environ,
         "JOBKIT_REDIS_URL": jobkit_redis_server.url,
         "JOBKIT_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",  # nothing listens there
         "JOBKIT_WORKER_HEARTBEAT": str(HEARTBEAT),
     }
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "jobkit_dispatch.cli", "worker", "--engine", "all"),
-            *("--queue", "rq-messages", "--import", "tests.rq_jobs"),
-        ],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    assert process.stdout is not None
-    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)  # type: ignore[arg-type]
-    reader.start()
     settings = JobkitSettings(redis_url=jobkit_redis_server.url, worker_heartbeat=HEARTBEAT)
-    try:
+    with _worker_command("all", env) as (process, lines):
         _poll(lambda: "is unreachable" in "".join(lines), 30, "the Temporal worker to wait")
         with use_engine(RQEngine(get_redis(settings=settings), settings=settings)):
             d = dispatch_job(rq_jobs.ok, {"workdir": str(tmp_path)})
@@ -161,8 +155,3 @@ def test_rq_workers_keep_serving_while_temporal_is_unreachable(
         assert process.poll() is None, "".join(lines)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0, "".join(lines)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-    reader.join(timeout=10)
