@@ -363,7 +363,7 @@ def test_without_temporalio_it_warns_once_and_still_checks_determinism_and_block
     script = textwrap.dedent(
         """
         import sys, warnings
-        sys.modules["temporalio"] = None  # as if jobkit[temporal] were not installed
+        sys.modules["temporalio"] = None  # as if jobkit-dispatch[temporal] were not installed
         from jobkit_dispatch import dispatch_job
         from jobkit_dispatch.testing import inline_engine, wait_for_job
         from jobkit_engine import StrictMode
@@ -373,7 +373,7 @@ def test_without_temporalio_it_warns_once_and_still_checks_determinism_and_block
             StrictMode()
             StrictMode()
         assert len(caught) == 1, caught
-        assert "pip install 'jobkit[temporal]'" in str(caught[0].message)
+        assert "pip install 'jobkit-dispatch[temporal]'" in str(caught[0].message)
         with inline_engine(strict=StrictMode(block_threshold=0.2)):
             def run(name, payload=None):
                 return wait_for_job(dispatch_job(name, payload or {}).job_id)

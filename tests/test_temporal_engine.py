@@ -470,7 +470,7 @@ def test_a_missing_temporalio_names_the_extra() -> None:
     )
     assert result.returncode != 0
     assert "EngineNotInstalledError" in result.stderr
-    assert "pip install 'jobkit[temporal]'" in result.stderr
+    assert "pip install 'jobkit-dispatch[temporal]'" in result.stderr
     assert isinstance(load_engine("temporal", JobkitSettings()), TemporalEngine)
 
 

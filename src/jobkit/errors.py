@@ -60,6 +60,16 @@ class UnknownQueueError(ConfigurationError, LookupError):
         )
 
 
+#: The name jobkit is published under (`jobkit` on PyPI is an unrelated project); the
+#: import packages are `jobkit`, `jobkit_engine` and `jobkit_dispatch` all the same.
+DISTRIBUTION = "jobkit-dispatch"
+
+
+def install_hint(extra: str) -> str:
+    """The command that installs an extra, e.g. `pip install 'jobkit-dispatch[temporal]'`."""
+    return f"pip install '{DISTRIBUTION}[{extra}]'"
+
+
 class EngineNotInstalledError(ConfigurationError, ImportError):
     """An engine whose optional dependencies are missing."""
 
@@ -67,8 +77,7 @@ class EngineNotInstalledError(ConfigurationError, ImportError):
         self.engine = engine
         self.extra = extra
         super().__init__(
-            f"the {engine} engine needs {missing!r}, which is not installed: "
-            f"pip install 'jobkit[{extra}]'"
+            f"the {engine} engine needs {missing!r}, which is not installed: {install_hint(extra)}"
         )
 
 

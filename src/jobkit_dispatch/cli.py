@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import click
 
 import jobkit
-from jobkit.errors import ConfigurationError, JobkitError
+from jobkit.errors import ConfigurationError, JobkitError, install_hint
 from jobkit.queues import default_queues
 from jobkit.settings import get_settings
 from jobkit_engine import default_registry, import_job_modules
@@ -266,7 +266,7 @@ def stats(queues: tuple[str, ...], modules: tuple[str, ...]) -> None:
 def metrics(port: int, bind: str, queues: tuple[str, ...], modules: tuple[str, ...]) -> None:
     """Serve Prometheus metrics of the RQ queues on http://BIND:PORT/metrics until SIGTERM.
 
-    Needs jobkit[metrics]. Redis is read at each scrape; one such process covers every
+    Needs jobkit-dispatch[metrics]. Redis is read at each scrape; one such process covers every
     queue and worker.
     """
     import signal
@@ -277,7 +277,7 @@ def metrics(port: int, bind: str, queues: tuple[str, ...], modules: tuple[str, .
 
         from jobkit_dispatch.metrics import RQQueueCollector
     except ImportError as exc:
-        raise click.ClickException(f"metrics need jobkit[metrics]: {exc}") from exc
+        raise click.ClickException(f"metrics need {install_hint('metrics')}: {exc}") from exc
     from jobkit.connection import get_redis
 
     _load_jobs(modules)

@@ -45,8 +45,12 @@ def stack(
     queues: Sequence[str], modules: Sequence[str]
 ) -> Iterator[tuple[RedisServer, dict[str, str]]]:
     """Servers and workers up for the duration of the block; everything stopped after."""
-    from jobkit_dispatch.testing.temporal_server import TemporalDevServer
+    from jobkit_dispatch.testing.temporal_server import TemporalDevServer, find_binary
 
+    try:  # before anything starts: a missing binary must not leave a Redis running
+        find_binary(TemporalDevServer.binary_name, TemporalDevServer.package)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
     home = tempfile.mkdtemp(prefix="jobkit-dev-")
     redis = RedisServer(appendonly=True).start()
     temporal = TemporalDevServer().start()

@@ -5,7 +5,7 @@ process serves them for every queue, however many workers run and wherever, and 
 that crashed cannot take its counters with it. Jobs that fell back to Temporal are
 Temporal's to report (its server and SDK export their own metrics).
 
-Needs `jobkit[metrics]` (prometheus-client).
+Needs `jobkit-dispatch[metrics]` (prometheus-client).
 """
 
 from __future__ import annotations

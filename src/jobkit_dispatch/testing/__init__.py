@@ -8,7 +8,7 @@
 - `use_engine()` points `dispatch_job` at any engine for the duration of a block.
 - `RedisServer` starts a real `redis-server` on a free loopback port.
 - `replay_temporal_history()` replays a job's Temporal history against the code in this
-  process, to check a change against jobs in flight (needs `jobkit[temporal]`).
+  process, to check a change against jobs in flight (needs `jobkit-dispatch[temporal]`).
 
 The pytest plugin (loaded automatically) exposes these as fixtures: `jobkit_inline`,
 `jobkit_clock`, `jobkit_strict` and the session-scoped `jobkit_redis_server`.

