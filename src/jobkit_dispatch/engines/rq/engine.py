@@ -60,6 +60,13 @@ class RQEngine(EngineBase):
         self.breaker.failure(why)
         return EngineUnavailableError(f"redis-unhealthy: {why}")
 
+    def _refuse_if_open(self) -> None:
+        """While the circuit is open, a lookup or a cancellation fails at once too: a hung
+        Redis costs the first call its timeouts, not every call."""
+        if not self.breaker.allow():
+            why = f"redis-unhealthy: {self.breaker.last_failure} (circuit open)"
+            raise EngineUnavailableError(why)
+
     def availability(self, request: JobRequest) -> str | None:
         """Redis answers and a live jobkit worker serves the queue (it also promotes
         delayed jobs). The answer is reused for `worker_check_ttl` seconds, and an open
@@ -122,10 +129,12 @@ class RQEngine(EngineBase):
         return bool(created)
 
     def get(self, job_id: str) -> JobInfo | None:
+        self._refuse_if_open()
         try:
             values = self.redis.hmget(keys.job_key(job_id), INFO_FIELDS)
         except RedisError as exc:
             raise self._unavailable(exc) from exc
+        self.breaker.success()
         return decode_info(job_id, values, self.name)
 
     def cancel(self, job_id: str) -> bool:
@@ -138,10 +147,12 @@ class RQEngine(EngineBase):
             keys.scheduled_key_prefix,
             keys.canceled_key_prefix,
         ]
+        self._refuse_if_open()
         try:
             answer = self._cancel(keys=[keys.job_key(job_id)], args=args)
         except RedisError as exc:
             raise self._unavailable(exc) from exc
+        self.breaker.success()
         if answer == -1:
             raise JobNotFoundError(job_id)
         return answer > 0

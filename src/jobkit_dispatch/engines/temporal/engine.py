@@ -4,12 +4,13 @@ A job id is a workflow id. Enqueueing starts `JobWorkflow` on the queue's task q
 an id policy that never starts a second run for an id, running or closed; `get` reads the
 workflow's status and memo; `cancel` requests cancellation, which the handler sees as
 `asyncio.CancelledError` at its next await. The engine's calls run on its own event loop
-(`_loop.LoopThread`), whatever thread or loop they come from.
+(`_loop.LoopThread`), whatever thread or loop they come from, and through a circuit
+breaker (`_connection.Connection`): once Temporal failed to answer, calls fail at once
+with the cause until a background probe finds it answering again.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -23,15 +24,16 @@ from temporalio.client import (
     WorkflowHandle,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import TerminatedError, WorkflowAlreadyStartedError
-from temporalio.service import RetryConfig, RPCError, RPCStatusCode
+from temporalio.service import RPCError, RPCStatusCode
 
+from jobkit.circuit import CircuitBreaker
 from jobkit.durations import Duration, to_seconds, utcnow
 from jobkit.errors import EngineUnavailableError, JobNotFoundError
 from jobkit.settings import JobkitSettings
 from jobkit_dispatch.engines.base import EngineBase, JobRequest
 from jobkit_dispatch.engines.temporal._closed import failure_error, termination_error
+from jobkit_dispatch.engines.temporal._connection import Connection
 from jobkit_dispatch.engines.temporal._loop import LoopThread
 from jobkit_dispatch.engines.temporal._model import (
     CANCELLED_UNSTARTED,
@@ -79,6 +81,7 @@ class TemporalEngine(EngineBase):
         step_heartbeat_timeout: Duration | None = 30.0,
         connect_timeout: float = 2.0,
         rpc_timeout: float = 5.0,
+        circuit_cool_down: float = 5.0,
         max_payload_bytes: int = DEFAULT_MAX_BYTES,
         history_warn_events: int = HISTORY_WARN_EVENTS,
         history_limit_events: int = HISTORY_LIMIT_EVENTS,
@@ -97,8 +100,14 @@ class TemporalEngine(EngineBase):
         self.history_warn_events = history_warn_events
         self.history_limit_events = history_limit_events
         self._loop = LoopThread(f"jobkit-temporal-{address}")
-        self._client: Client | None = None
-        self._connecting: asyncio.Lock | None = None
+        self._connection = Connection(
+            address,
+            namespace,
+            self._loop,
+            connect_timeout=connect_timeout,
+            rpc_timeout=rpc_timeout,
+            cool_down=circuit_cool_down,
+        )
         self._workers: list[BackgroundWorker] = []
 
     @classmethod
@@ -108,6 +117,7 @@ class TemporalEngine(EngineBase):
             settings.temporal_namespace,
             task_queue_prefix=settings.temporal_task_queue_prefix,
             sleep_threshold=settings.sleep_threshold,
+            circuit_cool_down=settings.circuit_cool_down,
             max_payload_bytes=settings.max_payload_bytes,
         )
 
@@ -118,32 +128,46 @@ class TemporalEngine(EngineBase):
     def __repr__(self) -> str:
         return f"TemporalEngine({self.address!r}, namespace={self.namespace!r})"
 
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """Open while Temporal is taken for unreachable: calls fail at once meanwhile."""
+        return self._connection.breaker
+
     # -- the Engine protocol -------------------------------------------------------------
 
+    def availability(self, request: JobRequest) -> str | None:
+        """The open circuit's cause, or None: answered from memory, no network call."""
+        return self._connection.refusal()
+
     def enqueue(self, request: JobRequest) -> bool:
-        return self._loop.run(self._enqueue(request), self._sync_timeout)
+        with self._connection.call():
+            return self._loop.run(self._enqueue(request), self._sync_timeout)
 
     async def aenqueue(self, request: JobRequest) -> bool:
-        return await self._loop.arun(self._enqueue(request))
+        with self._connection.call():
+            return await self._loop.arun(self._enqueue(request))
 
     def get(self, job_id: str) -> JobInfo | None:
-        return self._loop.run(self._get(job_id), self._sync_timeout)
+        with self._connection.call():
+            return self._loop.run(self._get(job_id), self._sync_timeout)
 
     async def aget(self, job_id: str) -> JobInfo | None:
-        return await self._loop.arun(self._get(job_id))
+        with self._connection.call():
+            return await self._loop.arun(self._get(job_id))
 
     def cancel(self, job_id: str) -> bool:
-        return self._loop.run(self._cancel(job_id), self._sync_timeout)
+        with self._connection.call():
+            return self._loop.run(self._cancel(job_id), self._sync_timeout)
 
     async def acancel(self, job_id: str) -> bool:
-        return await self._loop.arun(self._cancel(job_id))
+        with self._connection.call():
+            return await self._loop.arun(self._cancel(job_id))
 
     def close(self) -> None:
         """Stop the workers started with `start_worker`, then the engine's loop."""
         while self._workers:
             self._workers.pop().stop()
-        self._client = None
-        self._connecting = None
+        self._connection.reset()
         self._loop.stop()
 
     # -- workers in this process ---------------------------------------------------------
@@ -163,14 +187,7 @@ class TemporalEngine(EngineBase):
 
     async def client(self) -> Client:
         """The connected temporalio client; call it on this engine's loop only."""
-        if self._client is not None:
-            return self._client
-        if self._connecting is None:
-            self._connecting = asyncio.Lock()
-        async with self._connecting:
-            if self._client is None:
-                self._client = await self._connect()
-        return self._client
+        return await self._connection.client()
 
     # -- implementation (runs on the engine's loop) --------------------------------------
 
@@ -182,31 +199,10 @@ class TemporalEngine(EngineBase):
     def _rpc_timeout(self) -> timedelta:
         return timedelta(seconds=self.rpc_timeout)
 
-    async def _connect(self) -> Client:
-        try:
-            return await asyncio.wait_for(
-                Client.connect(
-                    self.address,
-                    namespace=self.namespace,
-                    data_converter=pydantic_data_converter,
-                    # A few quick retries: a dead server must not hold a dispatch for long.
-                    retry_config=RetryConfig(
-                        initial_interval_millis=50,
-                        max_interval_millis=500,
-                        max_elapsed_time_millis=int(self.rpc_timeout * 1000),
-                        max_retries=3,
-                    ),
-                ),
-                self.connect_timeout,
-            )
-        except (RuntimeError, OSError, TimeoutError, RPCError) as exc:
-            raise EngineUnavailableError(
-                f"cannot connect to Temporal at {self.address}: {exc}"
-            ) from exc
-
     def _unavailable(self, exc: RPCError) -> EngineUnavailableError | RPCError:
         if exc.status in _UNAVAILABLE:
-            return EngineUnavailableError(f"Temporal at {self.address} is unavailable: {exc}")
+            why = f"RPCError {exc.status.name}: {exc.message or 'no detail given'}"
+            return EngineUnavailableError(f"Temporal at {self.address} is unavailable: {why}")
         return exc
 
     async def _enqueue(self, request: JobRequest) -> bool:
