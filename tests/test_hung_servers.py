@@ -9,6 +9,8 @@ server started on the hung server's port.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -100,6 +102,29 @@ def test_a_recovered_temporal_is_used_again_after_the_cool_down(tmp_path: Path) 
     finally:
         engine.close()
         hung.close()
+
+
+def test_a_temporal_that_stops_answering_once_connected_costs_one_rpc_timeout() -> None:
+    with TemporalDevServer() as server:
+        engine = TemporalEngine(
+            server.address, connect_timeout=0.5, rpc_timeout=1.0, circuit_cool_down=0.5
+        )
+        try:
+            assert engine.get("job") is None  # connected, and answering
+            assert server.pid is not None
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(EngineUnavailableError, match=r"is unavailable: RPCError"):
+                    engine.get("job")
+                for _ in range(3):
+                    with pytest.raises(EngineUnavailableError, match=r"\(circuit open\)$"):
+                        engine.get("job")
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            eventually(lambda: _error_of(engine.get, "job") is None, timeout=20)
+            assert not engine.breaker.is_open
+        finally:
+            engine.close()
 
 
 def test_a_call_that_times_out_while_others_get_answers_leaves_the_circuit_closed() -> None:

@@ -117,6 +117,11 @@ class _ServerProcess:
         return self
 
     @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (a test may SIGSTOP it to hang it)."""
+        return None if self._process is None else self._process.pid
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 

@@ -130,7 +130,10 @@ class Connection:
         try:
             yield
         except EngineUnavailableError as exc:
-            self._failed(str(exc) or describe(exc), started)
+            why = str(exc) or describe(exc)
+            self._failed(
+                why if self.address in why else f"Temporal at {self.address}: {why}", started
+            )
             raise
         except JobkitError:  # not found, a conflict...: Temporal answered
             self._answered()
