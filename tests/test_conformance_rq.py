@@ -20,6 +20,7 @@ WORKER_ENV = {
     "JOBKIT_SLEEP_THRESHOLD": "1",
     "JOBKIT_WORKER_HEARTBEAT": "0.5",
     "JOBKIT_STRICT": "1",
+    "JOBKIT_UNKNOWN_JOB_GRACE": "1",
 }
 
 
@@ -48,4 +49,5 @@ class TestRQConformance(EngineConformance):
             long_sleep=timedelta(seconds=2),
             short_sleep=timedelta(milliseconds=50),
             strict=True,
+            unknown_job_grace=timedelta(seconds=1),
         )

@@ -119,8 +119,9 @@ def test_stats_command_prints_a_table_and_fails_clearly_without_redis(
         "failed",
         "cancelled",
         "workers",
+        "quarantined",
     ]
-    assert row.split() == ["default", "1", "0", "0", "0", "0", "0", "0"]
+    assert row.split() == ["default", "1", "0", "0", "0", "0", "0", "0", "0"]
 
     secret = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
     get_settings.cache_clear()

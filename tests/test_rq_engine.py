@@ -55,12 +55,12 @@ def engine(jobkit_redis_server: RedisServer) -> Iterator[RQEngine]:
         yield engine
 
 
-def worker(server: RedisServer, queue: str, tmp_path: Path) -> WorkerProcess:
+def worker(server: RedisServer, queue: str, tmp_path: Path, **env: str) -> WorkerProcess:
     return WorkerProcess(
         server.url,
         [queue],
         ["tests.rq_jobs"],
-        env=FAST,
+        env={**FAST, **env},
         log_path=tmp_path / f"worker-{uuid.uuid4().hex[:4]}.log",
     )
 
@@ -99,7 +99,8 @@ def test_hostile_and_corrupt_messages_fail_alone(
     )
     client.rpush("rq:queue:rq-messages", "garbage", "no-such-hash")
     good = dispatch_job(rq_jobs.ok, {"workdir": str(tmp_path)})
-    with worker(jobkit_redis_server, "rq-messages", tmp_path):
+    # No grace for jobs it does not know: a name nobody registers fails at once.
+    with worker(jobkit_redis_server, "rq-messages", tmp_path, JOBKIT_UNKNOWN_JOB_GRACE="0"):
         assert wait_for_job(good.job_id).status == JobStatus.SUCCEEDED  # the worker went on
     errors = {
         name: json.loads(client.hget(f"rq:job:{job_id}", "jk_error"))["type"]

@@ -14,6 +14,7 @@ JobkitError
 ├── EngineUnavailableError        an engine cannot take jobs right now (the dispatcher falls back)
 ├── DispatchError                 no engine could take the job (names every cause)
 ├── JobNotFoundError              get_job / cancel_job for an id no engine knows
+├── CorruptJobError               a stored job record that cannot be read back
 ├── StepError                     misuse of the step API
 │   └── DuplicateStepError        one step id used twice in one job
 ├── NonRetryableError             raised by a job: fail now, do not retry
@@ -90,15 +91,35 @@ class DuplicateJobError(JobDefinitionError):
 
 
 class UnknownJobError(JobkitError, LookupError):
-    """A job name that no `@job` registered in this process."""
+    """A job name that no `@job` registered in this process.
 
-    def __init__(self, name: str, known: Iterable[str] = ()) -> None:
+    On a worker, given `grace` (seconds) and the `modules` it imports: the job was handed
+    back for that long and no worker that knows it took it (a rolling deploy that never
+    finished, or a worker fleet that lacks the module defining it).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        known: Iterable[str] = (),
+        *,
+        grace: float | None = None,
+        modules: Iterable[str] = (),
+    ) -> None:
         self.job_name = name
+        self.grace = grace
         known_list = ", ".join(sorted(known)) or "none"
-        super().__init__(
-            f"no job named {name!r} is registered (registered: {known_list}); "
-            "import the module that defines it (jobkit worker --import myapp.jobs)"
-        )
+        fix = "import the module that defines it (jobkit worker --import myapp.jobs)"
+        if grace is None:
+            message = f"no job named {name!r} is registered (registered: {known_list}); {fix}"
+        else:
+            module_list = ", ".join(sorted(modules)) or "none"
+            message = (
+                f"no worker that knows job {name!r} took it within {grace:g}s "
+                f"(JOBKIT_UNKNOWN_JOB_GRACE); the worker that gave up on it imports "
+                f"{module_list} and registers {known_list}; deploy workers that {fix}"
+            )
+        super().__init__(message)
 
 
 class PayloadValidationError(JobkitError, ValueError):
@@ -163,6 +184,21 @@ class JobNotFoundError(JobkitError, LookupError):
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         super().__init__(f"no job with id {job_id!r}")
+
+
+class CorruptJobError(JobkitError):
+    """A job's stored record that cannot be read back or run: damaged, or written by
+    something other than jobkit (a field that is no number, not JSON, not UTF-8; a record
+    with no status; a payload that does not decode). `job_id` names the job, and the
+    message the field and what is wrong with it."""
+
+    def __init__(self, job_id: str, problem: str) -> None:
+        self.job_id = job_id
+        self.problem = problem
+        super().__init__(f"job {job_id!r}: {problem}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.job_id, self.problem)
 
 
 class StepError(JobkitError):

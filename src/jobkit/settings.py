@@ -66,6 +66,13 @@ class JobkitSettings(BaseSettings):
         description="seconds between worker heartbeats; a job whose worker missed "
         "three of them is considered abandoned and retried",
     )
+    unknown_job_grace: float = Field(
+        600.0,
+        ge=0,
+        description="seconds a worker hands back a job it does not know (a rolling deploy: "
+        "older code) for a worker that knows it, before failing it with UnknownJobError; "
+        "0 fails it at once",
+    )
     max_payload_bytes: int = Field(
         1_048_576,
         gt=0,

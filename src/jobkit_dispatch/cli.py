@@ -235,7 +235,8 @@ def dev(
 @_queue_option("report")
 @_import_option
 def stats(queues: tuple[str, ...], modules: tuple[str, ...]) -> None:
-    """Show each RQ queue's jobs by state and its live workers."""
+    """Show each RQ queue's jobs by state, its live workers, and how many ids that named
+    no job were quarantined (LRANGE jobkit:quarantine:QUEUE 0 -1 lists them)."""
     from redis.exceptions import RedisError
 
     from jobkit.connection import get_redis
@@ -252,10 +253,11 @@ def stats(queues: tuple[str, ...], modules: tuple[str, ...]) -> None:
             f"Redis at {redact_url(settings.redis_url)} did not answer ({type(exc).__name__})"
         ) from exc
     columns = ("queued", "scheduled", "running", "finished", "failed", "cancelled")
-    click.echo(f"{'queue':16}" + "".join(f"{c:>11}" for c in (*columns, "workers")))
+    extra = ("workers", "quarantined")
+    click.echo(f"{'queue':16}" + "".join(f"{c:>12}" for c in (*columns, *extra)))
     for row in rows:
-        counts = [row.states[c] for c in columns] + [row.live_workers]
-        click.echo(f"{row.queue:16}" + "".join(f"{n:>11}" for n in counts))
+        counts = [row.states[c] for c in columns] + [row.live_workers, row.quarantined]
+        click.echo(f"{row.queue:16}" + "".join(f"{n:>12}" for n in counts))
 
 
 @main.command("metrics")

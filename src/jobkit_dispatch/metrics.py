@@ -23,7 +23,8 @@ from jobkit_dispatch.engines.rq.stats import queue_stats
 
 
 class RQQueueCollector(Collector):
-    """`jobkit_rq_jobs{queue,state}`, `jobkit_rq_live_workers{queue}`, `jobkit_redis_up`."""
+    """`jobkit_rq_jobs{queue,state}`, `jobkit_rq_live_workers{queue}`,
+    `jobkit_rq_quarantined{queue}`, `jobkit_redis_up`."""
 
     def __init__(self, client: Redis, queues: Sequence[str], settings: JobkitSettings) -> None:
         self.client = client
@@ -56,9 +57,17 @@ class RQQueueCollector(Collector):
             "RQ workers serving the queue whose heartbeat is recent; 0 sends new jobs to Temporal",
             labels=["queue"],
         )
+        quarantined = GaugeMetricFamily(
+            "jobkit_rq_quarantined",
+            "Ids on an RQ queue that named no job (not UTF-8, no job record), set aside in "
+            "jobkit:quarantine:<queue>; anything above 0 deserves a look",
+            labels=["queue"],
+        )
         for queue in stats:
             for state, count in queue.states.items():
                 jobs.add_metric([queue.queue, state], count)
             workers.add_metric([queue.queue], queue.live_workers)
+            quarantined.add_metric([queue.queue], queue.quarantined)
         yield jobs
         yield workers
+        yield quarantined

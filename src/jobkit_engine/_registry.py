@@ -48,6 +48,11 @@ class JobRegistry:
     def names(self) -> list[str]:
         return sorted(self._jobs)
 
+    def modules(self) -> list[str]:
+        """The modules whose `@job`s registered here: what a worker says it imports when it
+        meets a job it does not know."""
+        return sorted({definition.handler.__module__ for definition in self})
+
     def import_modules(self, modules: Iterable[str]) -> None:
         """Import each job module (their `@job`s register themselves)."""
         for module in modules:

@@ -22,7 +22,10 @@ class Harness:
     waits it out. `timeout` bounds every wait, in real seconds. `strict` says the engine
     holds handler code outside steps to Temporal's workflow rules (Temporal itself, the
     inline engine in strict mode, an RQ worker with `JOBKIT_STRICT=1`): the portability
-    tests of those rules run only then.
+    tests of those rules run only then. `unknown_job_grace` is how long the engine's
+    workers hand back a job they do not know before failing it (`JOBKIT_UNKNOWN_JOB_GRACE`,
+    kept to a second or two in the suite; zero for an engine that runs jobs in the
+    dispatching process); the suite checks the failure does not come sooner.
     """
 
     engine: Engine
@@ -31,6 +34,7 @@ class Harness:
     timeout: float = 15.0
     now: Callable[[], datetime] = field(default=utcnow)
     strict: bool = False
+    unknown_job_grace: timedelta = timedelta(0)
 
     def advance(self, delta: timedelta) -> None:
         """Let `delta` pass for the engine (instantly on a ManualClock)."""

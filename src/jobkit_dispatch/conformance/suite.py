@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -98,12 +99,18 @@ class EngineConformance(PortabilityConformance):
             dispatch_job("conformance.missing", {})
 
     def test_worker_runs_only_registered_jobs(self, harness: Harness) -> None:
+        """A job no worker knows is handed back for one that does (a rolling deploy) for
+        the engine's grace period, then fails with UnknownJobError; never sooner."""
         request = JobRequest(uuid.uuid4().hex, "os.system", {"command": "true"}, jobs.QUEUE, 3)
+        started = time.monotonic()
         assert harness.engine.enqueue(request)
         info = harness.wait(request.job_id)
+        waited = time.monotonic() - started
         assert info.status == JobStatus.FAILED
         assert info.error is not None and info.error.type == "UnknownJobError"
+        assert "os.system" in info.error.message
         assert info.attempts <= 1
+        assert waited >= harness.unknown_job_grace.total_seconds()
 
     def test_worker_rejects_a_payload_that_does_not_validate(self, harness: Harness) -> None:
         request = JobRequest(uuid.uuid4().hex, jobs.echo.name, {"times": "x"}, jobs.QUEUE, 3)

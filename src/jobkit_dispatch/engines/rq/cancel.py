@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError
 
 from jobkit_dispatch.engines.rq import keys
+from jobkit_dispatch.engines.rq.guard import LoopGuard
 
 if TYPE_CHECKING:
     from jobkit_dispatch.engines.rq.link import WorkerLink
@@ -40,6 +41,8 @@ class Cancellations:
         # Jobs asked to cancel -> when their handler was last interrupted (monotonic), None
         # while it has not started. See `cancel_local`.
         self._cancelled: dict[str, float | None] = {}
+        self.listener_guard: LoopGuard | None = None  # set once `listen` runs
+        self._garbage_heard = False  # a published id that is not UTF-8 was logged
 
     def __contains__(self, job_id: str) -> bool:
         """Whether `job_id` was asked to cancel while it ran here."""
@@ -77,16 +80,33 @@ class Cancellations:
         task.cancel()
 
     async def listen(self, link: WorkerLink) -> None:
-        """Hear cancellations as they are accepted; reconnect after a Redis outage."""
+        """Hear cancellations as they are accepted; reconnect after a Redis outage, and
+        after anything else, logged once (`guard`): a worker that stopped listening would
+        still cancel, but a heartbeat late."""
+        guard = self.listener_guard = LoopGuard("cancel listener", link.name)
         while True:
             try:
                 async with link.redis.pubsub() as pubsub:
                     await pubsub.subscribe(keys.cancel_channel)
                     async for message in pubsub.listen():
                         if message["type"] == "message":
-                            self.cancel_local(message["data"].decode())
+                            self._heard(message["data"])
+                            guard.ok()
             except (RedisError, OSError):
                 await asyncio.sleep(1.0)
+            except Exception as exc:
+                await guard.failed(exc)
+
+    def _heard(self, data: bytes) -> None:
+        """A published id: one that is not UTF-8 names no job of ours."""
+        try:
+            job_id = data.decode()
+        except UnicodeDecodeError:
+            level = logging.DEBUG if self._garbage_heard else logging.WARNING
+            self._garbage_heard = True
+            log.log(level, "ignoring a cancellation of job id %r: not valid UTF-8", data)
+            return
+        self.cancel_local(job_id)
 
     def step_gate(
         self, link: WorkerLink, job_id: str, job_key: str

@@ -16,6 +16,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.utils import utcformat
 
+from jobkit.errors import CorruptJobError
 from jobkit_dispatch.engines.base import JobRequest
 from jobkit_dispatch.engines.rq.keys import step_field_prefix
 from jobkit_engine import JobError, JobInfo, JobStatus, Progress
@@ -46,10 +47,6 @@ _STATUS = {
     "stopped": JobStatus.FAILED,
     "canceled": JobStatus.CANCELLED,
 }
-
-
-class CorruptJobError(Exception):
-    """A job hash that cannot be read back (bad data, not JSON, missing fields)."""
 
 
 def job_mapping(request: JobRequest, now: float, timeout: int, connection: Any) -> dict[str, Any]:
@@ -87,12 +84,13 @@ class ClaimedJob:
     payload: Any
     attempt: int
     steps: dict[str, Any]
+    unknown_since: float | None = None  # when a worker that did not know it first had it
 
 
 def decode_claimed(job_id: str, flat: list[bytes], connection: Any) -> ClaimedJob:
     """Read the HGETALL reply of the start script. Raises `CorruptJobError`."""
-    raw = {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
     try:
+        raw = {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
         job = Job(job_id, connection=connection, serializer=JSONSerializer)
         job.restore({k.encode(): v for k, v in raw.items()})
         payload = job.args[0] if job.args else None
@@ -101,49 +99,85 @@ def decode_claimed(job_id: str, flat: list[bytes], connection: Any) -> ClaimedJo
             for key, value in raw.items()
             if key.startswith(step_field_prefix)
         }
-        return ClaimedJob(job_id, job.func_name, payload, int(raw["jk_attempts"]), steps)
+        since = raw.get("jk_unknown_since")
+        return ClaimedJob(
+            job_id,
+            job.func_name,
+            payload,
+            int(raw["jk_attempts"]),
+            steps,
+            None if since is None else float(since),
+        )
     except Exception as exc:  # whatever is wrong with the hash, the job cannot run
         raise CorruptJobError(
-            f"job {job_id} cannot be decoded: {type(exc).__name__}: {exc}"
+            job_id, f"its record cannot be decoded: {type(exc).__name__}: {exc}"
         ) from exc
 
 
-def _time(value: bytes | None) -> datetime | None:
-    return None if not value else datetime.fromtimestamp(float(value), UTC)
+class _Fields:
+    """The fields of one job hash, each read back with its field named if it is corrupt."""
+
+    def __init__(self, job_id: str, values: list[bytes | None]) -> None:
+        self.job_id = job_id
+        self.raw = dict(zip(INFO_FIELDS, values, strict=True))
+
+    def read(self, field: str, parse: Any, default: Any = None) -> Any:
+        value = self.raw[field]
+        if value is None:
+            return default
+        try:
+            return parse(value)
+        except Exception as exc:  # whatever wrote the field, get_job must say which it is
+            shown = value[:80] if isinstance(value, bytes) else value
+            raise CorruptJobError(
+                self.job_id, f"field {field!r} of its record is {shown!r}: {exc}"
+            ) from None
+
+    def text(self, field: str, default: str = "") -> str:
+        return self.read(field, bytes.decode, default)
 
 
-def _json(value: bytes | None) -> Any:
-    return None if value is None else json.loads(value)
+def _time(value: bytes) -> datetime | None:
+    return datetime.fromtimestamp(float(value), UTC) if value else None
+
+
+def _error(value: bytes) -> JobError:
+    return JobError(**json.loads(value))
+
+
+def _progress(value: bytes) -> Progress:
+    return Progress(**json.loads(value))
 
 
 def decode_info(job_id: str, values: list[bytes | None], engine: str) -> JobInfo | None:
-    """`HMGET INFO_FIELDS` → `JobInfo`, or None when there is no such job."""
-    f = dict(zip(INFO_FIELDS, values, strict=True))
-    if f["status"] is None or f["jk_name"] is None:
-        return None
-    rq_status = f["status"].decode()
+    """`HMGET INFO_FIELDS` → `JobInfo`, or None when there is no such job. A field that
+    cannot be read raises `CorruptJobError` naming it."""
+    f = _Fields(job_id, values)
+    if f.raw["jk_name"] is None:
+        return None  # no job, or not one of jobkit's
+    if f.raw["status"] is None:
+        raise CorruptJobError(job_id, "its record has no status")
+    rq_status = f.text("status")
     if rq_status == "scheduled":
-        status = JobStatus.SLEEPING if f["jk_wait"] == b"sleep" else JobStatus.SCHEDULED
+        status = JobStatus.SLEEPING if f.raw["jk_wait"] == b"sleep" else JobStatus.SCHEDULED
     else:
         status = _STATUS.get(rq_status, JobStatus.QUEUED)
-    error = _json(f["jk_error"])
-    progress = _json(f["jk_progress"])
     return JobInfo(
         job_id=job_id,
-        job_name=f["jk_name"].decode(),
-        queue=(f["origin"] or b"").decode(),
+        job_name=f.text("jk_name"),
+        queue=f.text("origin"),
         status=status,
         engine=engine,
-        reason=(f["jk_reason"] or b"").decode(),
-        attempts=int(f["jk_attempts"] or 0),
-        max_attempts=int(f["jk_max_attempts"] or 1),
-        result=_json(f["jk_result"]),
-        error=None if error is None else JobError(**error),
-        progress=None if progress is None else Progress(**progress),
-        created_at=_time(f["jk_created_at"]),
-        scheduled_for=_time(f["jk_scheduled_for"]),
-        started_at=_time(f["jk_started_at"]),
-        finished_at=_time(f["jk_finished_at"]),
+        reason=f.text("jk_reason"),
+        attempts=f.read("jk_attempts", int, 0),
+        max_attempts=f.read("jk_max_attempts", int, 1),
+        result=f.read("jk_result", json.loads),
+        error=f.read("jk_error", _error),
+        progress=f.read("jk_progress", _progress),
+        created_at=f.read("jk_created_at", _time),
+        scheduled_for=f.read("jk_scheduled_for", _time),
+        started_at=f.read("jk_started_at", _time),
+        finished_at=f.read("jk_finished_at", _time),
     )
 
 

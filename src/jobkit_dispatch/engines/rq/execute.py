@@ -18,19 +18,16 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
+from jobkit.errors import CorruptJobError
 from jobkit.queues import QueueRegistry
 from jobkit.settings import JobkitSettings
 from jobkit_dispatch.engines.rq import keys
-from jobkit_dispatch.engines.rq.codec import (
-    ClaimedJob,
-    CorruptJobError,
-    decode_claimed,
-    encode_error,
-    rq_now,
-)
+from jobkit_dispatch.engines.rq.codec import ClaimedJob, decode_claimed, encode_error, rq_now
+from jobkit_dispatch.engines.rq.poison import Poison
 from jobkit_dispatch.engines.rq.state import ProgressWriter, RedisStepMemo
+from jobkit_dispatch.engines.rq.unknown import UnknownJobs
 from jobkit_engine import JobContext, JobError, JobRegistry, JobStatus, SystemClock
 from jobkit_engine.runtime import (
     Cancelled,
@@ -64,9 +61,12 @@ class Executor:
         lease: float,
         registry: JobRegistry,
         queues: QueueRegistry,
+        poison: Poison | None = None,
     ) -> None:
         self._link = link
         self._cancels = cancels
+        self._poison = poison or Poison(link)
+        self._unknown = UnknownJobs(link, registry, link.settings.unknown_job_grace)
         self._lease = lease
         self._registry = registry
         self._queues = queues
@@ -83,6 +83,8 @@ class Executor:
             claimed = await self._start(job_id)
             if claimed is not None:
                 await self._run(claimed)
+        except Exception:  # a bug, or data no code expected: the lease lapses, it runs again
+            log.exception("job %s: unexpected error in the worker; its lease will lapse", job_id)
         finally:
             self._cancels.forget(job_id)
 
@@ -95,11 +97,16 @@ class Executor:
                 keys=[keys.job_key(job_id), link.keys.claimed, link.keys.running],
                 args=[job_id, now, now + self._lease, link.name, rq_now()],
             )
+        except ResponseError as exc:  # the script failed, on the job's record perhaps
+            log.warning("job %s: cannot start (%s)", job_id, exc)
+            await self._poison.check(job_id)
+            return None
         except (RedisError, OSError) as exc:  # the id stays claimed; housekeeping hands it back
             log.warning("job %s: cannot start (%s)", job_id, exc)
             return None
-        if not flat:
-            return None  # cancelled, or recovered elsewhere
+        if not flat:  # cancelled, recovered elsewhere, or no record to start: see which
+            await self._poison.check(job_id)
+            return None
         try:
             return decode_claimed(job_id, flat, link.redis)
         except CorruptJobError as exc:
@@ -109,6 +116,12 @@ class Executor:
 
     async def _run(self, claimed: ClaimedJob) -> None:
         link, job_id = self._link, claimed.job_id
+        if claimed.job_name not in self._registry:  # a rolling deploy: hand it back
+            instead = await self._unknown.handle(claimed)
+            if instead is not None:
+                await link.retrying(lambda: self.finish(job_id, instead))
+            return
+        await self._unknown.known(claimed)
         job_key = keys.job_key(job_id)
         memo = RedisStepMemo(link.redis, job_key, claimed.steps, link.retrying)
         progress = ProgressWriter(link.redis, job_key)

@@ -4,6 +4,8 @@ A pop moves the id from the queue to the queue's claimed list in one command (BL
 so an id is never only in a worker's memory: if the worker dies before the job starts,
 housekeeping finds the id in the claimed list and hands it back. A stop request
 interrupts a blocking pop at once, and whatever was popped meanwhile is handed back.
+An id that is not valid UTF-8 is quarantined as it is popped (see `poison`), and any
+error the loop did not expect is logged and survived (see `guard`).
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
+from jobkit_dispatch.engines.rq.guard import LoopGuard
+
 if TYPE_CHECKING:
     from jobkit_dispatch.engines.rq.link import WorkerLink
+    from jobkit_dispatch.engines.rq.poison import Poison
 
 POP_TIMEOUT = 1.0  # seconds a pop blocks: bounds how long a stop request waits
 
@@ -28,6 +33,7 @@ class Fetcher:
         link: WorkerLink,
         running: dict[str, asyncio.Task[None]],
         run_job: Callable[[str], Awaitable[None]],
+        poison: Poison,
         *,
         concurrency: int,
         stopping: asyncio.Event,
@@ -37,6 +43,8 @@ class Fetcher:
         self._link = link
         self._running = running  # job id -> its task: shared with the worker
         self._run_job = run_job
+        self._poison = poison
+        self.guard = LoopGuard("fetch", link.name)
         self._concurrency = concurrency
         self._stopping = stopping
         self._burst = burst  # stop once the queue is empty and nothing runs
@@ -49,7 +57,13 @@ class Fetcher:
             await slots.acquire()
             if self._stopping.is_set():
                 break
-            job_id = await self._pop()
+            try:
+                job_id = await self._pop()
+            except Exception as exc:  # not an outage (those are ridden out): log, go on
+                slots.release()
+                await self.guard.failed(exc)
+                continue
+            self.guard.ok()
             if job_id is None:
                 slots.release()
                 if self._burst:
@@ -87,22 +101,31 @@ class Fetcher:
 
     async def _hand_back_orphans(self) -> None:
         link = self._link
-        claimed = {j.decode() for j in await link.redis.lrange(link.keys.claimed, 0, -1)}
-        orphans = sorted(claimed - set(self._running))
-        if orphans:
+        claimed = set(await link.redis.lrange(link.keys.claimed, 0, -1))
+        orphans = sorted(claimed - {job_id.encode() for job_id in self._running})
+        if orphans:  # raw ids: one that is not UTF-8 goes back too, to be quarantined
             await link.hand_back(orphans)
 
     async def _pop_now(self) -> str | None:
+        """Pop one id; quarantine an id that is not UTF-8 and pop again."""
+        while True:
+            raw = await self._pop_raw()
+            if raw is None:
+                return None
+            try:
+                return raw.decode()
+            except UnicodeDecodeError:
+                await self._poison.undecodable(raw)
+
+    async def _pop_raw(self) -> bytes | None:
         link = self._link
         try:
             if self._burst:
-                job_id = await link.redis.lmove(link.keys.queue, link.keys.claimed)
-            else:
-                job_id = await link.redis.blmove(
-                    link.keys.queue, link.keys.claimed, POP_TIMEOUT, "LEFT", "RIGHT"
-                )
+                return await link.redis.lmove(link.keys.queue, link.keys.claimed)
+            return await link.redis.blmove(
+                link.keys.queue, link.keys.claimed, POP_TIMEOUT, "LEFT", "RIGHT"
+            )
         except (RedisError, OSError) as exc:
             link.failed(exc)
             await asyncio.sleep(self._backoff)
             return None
-        return None if job_id is None else job_id.decode()

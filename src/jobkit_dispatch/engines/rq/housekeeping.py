@@ -8,6 +8,10 @@ needed and a dead worker's jobs are never lost.
 - Promotion: due scheduled jobs (delays, retry backoff, durable sleeps) move to the queue.
 - Recovery: jobs whose lease ran out (their worker died) are retried or failed, and ids a
   worker popped but never started are handed back.
+
+Both loops survive any error: an outage is ridden out, anything else logged once and
+backed off (`guard`), so a poison value cannot stop promotion while the worker still
+heart-beats and counts as live.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from jobkit.health import check_queue_redis_async
 from jobkit.settings import redact_url
 from jobkit_dispatch.engines.rq import keys
 from jobkit_dispatch.engines.rq.codec import encode_error, rq_now
+from jobkit_dispatch.engines.rq.guard import LoopGuard
 from jobkit_engine import JobError
 
 if TYPE_CHECKING:
@@ -56,6 +61,9 @@ class Housekeeper:
         self._worker_key = worker_key
         self._heartbeat = heartbeat
         self._lease = lease
+        # A heartbeat comes every `heartbeat` anyway: a failed one must not wait longer.
+        self.heartbeat_guard = LoopGuard("heartbeat", link.name, first_delay=0, max_delay=0)
+        self.promotion_guard = LoopGuard("promotion and recovery", link.name)
 
     # -- presence -------------------------------------------------------------------------
 
@@ -110,11 +118,13 @@ class Housekeeper:
         cancellations the listener missed, and repeat those a handler did not honour."""
         while True:
             await asyncio.sleep(self._heartbeat)
-            self._repeat_abort()
             try:
+                self._repeat_abort()
                 await self.renew()
             except (RedisError, OSError) as exc:
                 self._link.failed(exc)
+            except Exception as exc:
+                await self.heartbeat_guard.failed(exc)
             else:
                 self._link.ok()
 
@@ -174,7 +184,7 @@ class Housekeeper:
 
     async def promote_and_recover(self) -> None:
         """Promote due scheduled jobs; every heartbeat also recover abandoned ones."""
-        next_recovery, seen_claimed = 0.0, set[str]()
+        next_recovery, seen_claimed = 0.0, set[bytes]()
         while True:
             try:
                 wait = await self._promote_due()
@@ -184,6 +194,10 @@ class Housekeeper:
             except (RedisError, OSError) as exc:
                 self._link.failed(exc)
                 wait = 1.0
+            except Exception as exc:
+                await self.promotion_guard.failed(exc)
+                continue
+            self.promotion_guard.ok()
             await asyncio.sleep(wait)
 
     async def _promote_due(self) -> float:
@@ -197,9 +211,10 @@ class Housekeeper:
             return 1.0
         return min(1.0, max(0.01, float(next_due) - now))
 
-    async def _recover_abandoned(self, seen_claimed: set[str]) -> set[str]:
+    async def _recover_abandoned(self, seen_claimed: set[bytes]) -> set[bytes]:
         """Retry jobs whose lease expired, and hand back ids popped by a worker that died
-        before starting them (seen on two passes in a row)."""
+        before starting them (seen on two passes in a row). Ids stay raw bytes here: one
+        that is not UTF-8 goes back to the queue too, and is quarantined there."""
         link, q = self._link, self._link.keys
         # Renew our own leases first: after a Redis outage they may look expired, and a
         # job this worker still runs must not be handed to another.
@@ -214,9 +229,12 @@ class Housekeeper:
             ],
         )
         for job_id in recovered:
-            log.warning("job %s: its worker stopped responding; retried or failed", job_id.decode())
-        claimed = {j.decode() for j in await link.redis.lrange(q.claimed, 0, -1)}
-        stale = (claimed & seen_claimed) - set(self._running)
+            log.warning(
+                "job %s: its worker stopped responding; retried or failed",
+                job_id.decode(errors="backslashreplace"),
+            )
+        claimed = set(await link.redis.lrange(q.claimed, 0, -1))
+        stale = (claimed & seen_claimed) - {job_id.encode() for job_id in self._running}
         if stale:
             await link.hand_back(sorted(stale))
         return claimed - stale

@@ -16,6 +16,7 @@ workers_by_queue_prefix = "rq:workers:"
 
 claimed_key_prefix = "jobkit:claimed:"  # LIST: ids a worker popped and is about to start
 running_key_prefix = "jobkit:running:"  # ZSET job id -> lease expiry (unix time)
+quarantine_key_prefix = "jobkit:quarantine:"  # LIST of JSON records: ids that name no job
 cancel_channel = "jobkit:cancel"  # PUBLISH job id: a running job was cancelled
 
 step_field_prefix = "jk_step:"  # one field of the job hash per completed step
@@ -35,6 +36,7 @@ class QueueKeys:
         "failed",
         "finished",
         "name",
+        "quarantine",
         "queue",
         "running",
         "scheduled",
@@ -50,4 +52,5 @@ class QueueKeys:
         self.canceled = canceled_key_prefix + name
         self.claimed = claimed_key_prefix + name
         self.running = running_key_prefix + name
+        self.quarantine = quarantine_key_prefix + name
         self.workers = workers_by_queue_prefix + name

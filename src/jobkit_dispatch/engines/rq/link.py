@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.exceptions import AuthenticationError, RedisError
@@ -109,9 +109,10 @@ class WorkerLink:
             )
             self._outage_since = None
 
-    async def hand_back(self, job_ids: list[str]) -> Any:
+    async def hand_back(self, job_ids: Sequence[str | bytes]) -> Any:
         """Put ids this queue's workers popped but never started back at the queue's head
-        (those still queued: a cancelled one stays out)."""
+        (those still queued: a cancelled one stays out; one with no job record goes back
+        too, to be quarantined by the worker that pops it)."""
         return await self.reclaim(
             keys=[self.keys.claimed, self.keys.queue], args=[keys.job_key_prefix, *job_ids]
         )

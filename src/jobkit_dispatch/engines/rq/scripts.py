@@ -92,13 +92,18 @@ return 1
 
 # KEYS: scheduled, queue. ARGV: now, limit, job key prefix.
 # Returns {jobs promoted, due time of the next scheduled job or false}.
+# An id with no job record (or none with a status) goes to the queue all the same: the
+# worker that pops it quarantines or fails it (see `poison`), instead of it vanishing.
 PROMOTE = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[1], id)
   local key = ARGV[3] .. id
-  if redis.call('HGET', key, 'status') == 'scheduled' then
+  local status = redis.call('HGET', key, 'status')
+  if status == 'scheduled' then
     redis.call('HSET', key, 'status', 'queued')
+    redis.call('RPUSH', KEYS[2], id)
+  elseif not status then
     redis.call('RPUSH', KEYS[2], id)
   end
 end
@@ -109,14 +114,20 @@ return {#ids, nxt[2] or false}
 # KEYS: running, queue, failed, canceled. ARGV: now, job key prefix, error json, ttl.
 # Jobs whose lease expired (their worker died) are retried, or failed when out of attempts;
 # as in FINISH, a cancel accepted while the job ran wins (canceled, no error written).
+# A count that is no number reads as 0, and an id with no record (or none with a status)
+# goes to the queue: either way the worker that pops it fails or quarantines it (`poison`).
 RECOVER = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
 local recovered = {}
 for _, id in ipairs(ids) do
   local key = ARGV[2] .. id
-  if redis.call('ZREM', KEYS[1], id) == 1 and redis.call('HGET', key, 'status') == 'started' then
-    local attempts = tonumber(redis.call('HGET', key, 'jk_attempts') or '1')
-    local limit = tonumber(redis.call('HGET', key, 'jk_max_attempts') or '1')
+  local removed = redis.call('ZREM', KEYS[1], id) == 1
+  local status = redis.call('HGET', key, 'status')
+  if removed and not status then
+    redis.call('RPUSH', KEYS[2], id)
+  elseif removed and status == 'started' then
+    local attempts = tonumber(redis.call('HGET', key, 'jk_attempts') or '1') or 0
+    local limit = tonumber(redis.call('HGET', key, 'jk_max_attempts') or '1') or 1
     if redis.call('HGET', key, 'jk_cancel') then
       redis.call('HSET', key, 'status', 'canceled', 'jk_finished_at', ARGV[1])
       redis.call('ZADD', KEYS[4], ARGV[1] + ARGV[4], id)
@@ -136,12 +147,14 @@ return recovered
 """
 
 # KEYS: claimed, queue. ARGV: job key prefix, id, id, ...
-# Puts back ids a worker popped but never started (it died in between).
+# Puts back ids a worker popped but never started (it died in between); an id with no
+# record (or none with a status) too, for the worker that pops it to quarantine (`poison`).
 RECLAIM = """
 local n = 0
 for i = 2, #ARGV do
   if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
-    if redis.call('HGET', ARGV[1] .. ARGV[i], 'status') == 'queued' then
+    local status = redis.call('HGET', ARGV[1] .. ARGV[i], 'status')
+    if status == 'queued' or not status then
       redis.call('LPUSH', KEYS[2], ARGV[i])
       n = n + 1
     end

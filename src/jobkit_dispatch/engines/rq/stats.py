@@ -28,6 +28,7 @@ class QueueStats:
     failed: int  # failed for good, still readable (failure_ttl)
     cancelled: int
     live_workers: int  # heartbeat within the last three heartbeats
+    quarantined: int = 0  # ids that named no job, kept for inspection (see `poison`)
 
     @property
     def states(self) -> dict[str, int]:
@@ -56,13 +57,14 @@ def queue_stats(client: Redis, queues: Iterable[str], settings: JobkitSettings) 
         pipe.zcard(q.finished)
         pipe.zcard(q.failed)
         pipe.zcard(q.canceled)
+        pipe.llen(q.quarantine)
         live_workers(keys=[q.workers], args=[oldest], client=pipe)
-    counts = pipe.execute()
+    replies = iter(pipe.execute())
     stats = []
-    for index, name in enumerate(names):
-        queued, claimed, scheduled, running, finished, failed, cancelled, alive = counts[
-            8 * index : 8 * index + 8
-        ]
+    for name in names:
+        queued, claimed, scheduled, running, finished, failed, cancelled, quarantined, alive = (
+            next(replies) for _ in range(9)
+        )
         stats.append(
             QueueStats(
                 queue=name,
@@ -73,6 +75,7 @@ def queue_stats(client: Redis, queues: Iterable[str], settings: JobkitSettings) 
                 failed=failed,
                 cancelled=cancelled,
                 live_workers=alive,
+                quarantined=quarantined,
             )
         )
     return stats

@@ -8,7 +8,10 @@ one module each, so that each can be read alone:
 - `housekeeping`: presence in RQ's worker registry, leases, promotion of due jobs,
   recovery of jobs whose worker died;
 - `cancel`: makes a cancellation of a running job stick;
-- `link`: the Redis client, scripts and outage handling they share.
+- `link`: the Redis client, scripts and outage handling they share;
+- `unknown`: hands back a job this worker does not know (a rolling deploy);
+- `poison`: quarantines or fails what names no job it can start;
+- `guard`: keeps every loop alive through errors nobody foresaw.
 
 Per job it makes three Redis round trips — pop (BLMOVE), start (script), finish (script)
 — plus one write per completed step and one check per step function run.
@@ -33,6 +36,7 @@ from jobkit_dispatch.engines.rq.execute import Executor
 from jobkit_dispatch.engines.rq.fetch import POP_TIMEOUT, Fetcher
 from jobkit_dispatch.engines.rq.housekeeping import Housekeeper
 from jobkit_dispatch.engines.rq.link import WorkerLink
+from jobkit_dispatch.engines.rq.poison import Poison
 from jobkit_engine import JobRegistry, default_registry
 
 log = logging.getLogger("jobkit.worker")
@@ -105,8 +109,14 @@ class RQWorker:
             socket_connect_timeout=self.settings.redis_connect_timeout,
         )
         link = self.link = WorkerLink(self.name, self.keys, self.settings, self.redis)
+        poison = Poison(link)
         executor = Executor(
-            link, self.cancels, lease=self._lease, registry=self._registry, queues=self._queues
+            link,
+            self.cancels,
+            lease=self._lease,
+            registry=self._registry,
+            queues=self._queues,
+            poison=poison,
         )
         housekeeper = Housekeeper(
             link,
@@ -120,6 +130,7 @@ class RQWorker:
             link,
             self._running,
             executor.run_job,
+            poison,
             concurrency=self.concurrency,
             stopping=self._stopping,
             burst=self.burst,
