@@ -19,6 +19,8 @@ pytest.importorskip("temporalio")
 
 from jobkit_dispatch.engines.temporal import TemporalEngine
 
+GRACE = 0.0  # seconds: see `temporal_engine`
+
 
 @pytest.fixture(scope="module")
 def temporal_engine(jobkit_temporal_server: TemporalDevServer) -> Iterator[TemporalEngine]:
@@ -27,7 +29,9 @@ def temporal_engine(jobkit_temporal_server: TemporalDevServer) -> Iterator[Tempo
         task_queue_prefix="conformance-",
         sleep_threshold=timedelta(seconds=0.5),
     )
-    with engine.start_worker(["conformance"], concurrency=1):
+    # No grace for a job no worker knows: a handed-back workflow task comes back after
+    # Temporal's 10 s task timeout at the earliest (tests/test_unknown_jobs.py waits it out).
+    with engine.start_worker(["conformance"], concurrency=1, unknown_job_grace=GRACE):
         yield engine
     engine.close()
 
@@ -41,4 +45,5 @@ class TestTemporalConformance(EngineConformance):
             short_sleep=timedelta(milliseconds=20),
             timeout=30.0,  # a blocked workflow fails after its second 2 s block
             strict=True,  # Temporal holds workflow code to its rules itself
+            unknown_job_grace=timedelta(seconds=GRACE),
         )

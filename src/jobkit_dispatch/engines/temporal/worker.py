@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from temporalio.client import Client
@@ -35,10 +36,16 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from jobkit.queues import QueueRegistry, default_queues
-from jobkit.settings import JobkitSettings
+from jobkit.settings import JobkitSettings, get_settings
 from jobkit_dispatch.engines.temporal._model import SLOT_SIGNAL, TERMINATION_KEY, ErrorState
 from jobkit_dispatch.engines.temporal._slots import SlotPool, register_pool, unregister_pool
 from jobkit_dispatch.engines.temporal._steps import remember_worker_modules
+from jobkit_dispatch.engines.temporal._unknown import (
+    FailsTheWorkflow,
+    serve_task_queue,
+    stop_serving,
+    terminate_with,
+)
 from jobkit_dispatch.engines.temporal._watchdog import ActivationWatchdog
 from jobkit_dispatch.engines.temporal.activities import SlotActivities, run_step
 from jobkit_dispatch.engines.temporal.workflow import JobWorkflow
@@ -80,14 +87,22 @@ async def serve(
     modules: Sequence[str] = (),
     queue_registry: QueueRegistry = default_queues,
     on_started: Callable[[], None] | None = None,
+    unknown_job_grace: float | None = None,
     **worker_options: Any,
 ) -> None:
     """Serve `queues` until `stop` is set, then shut down gracefully.
 
+    A job this worker does not know is left to a worker that knows it for
+    `unknown_job_grace` seconds (default: the setting) before it fails (`_unknown`).
     `worker_options` go to every temporalio `Worker` (e.g. `max_cached_workflows`).
     """
     loop = asyncio.get_running_loop()
     remember_worker_modules()
+    if unknown_job_grace is None:
+        unknown_job_grace = get_settings().unknown_job_grace
+    task_queues = [f"{task_queue_prefix}{queue_registry.get(name).name}" for name in queues]
+    for task_queue in task_queues:
+        serve_task_queue(task_queue, unknown_job_grace, partial(terminate_with, client), loop)
     runner = SandboxedWorkflowRunner(restrictions=sandbox_restrictions(modules))
     workers: list[Worker] = []
     pools: list[SlotPool] = []
@@ -119,6 +134,8 @@ async def serve(
     finally:
         for pool in pools:
             unregister_pool(pool)
+        for task_queue in task_queues:
+            stop_serving(task_queue)
         for watchdog in watchdogs:  # a thread still blocked in job code is not waited for
             watchdog.shutdown(wait=False)
 
@@ -143,7 +160,8 @@ def _worker_options(
         # A workflow whose replay diverges from its history (a NondeterminismError), or
         # that cannot even start (an input it cannot decode), fails with the cause instead
         # of retrying its workflow task forever: Temporal would replay the same code.
-        "workflow_failure_exception_types": [Exception],
+        # Only a job this worker does not know fails its task, for another worker to take.
+        "workflow_failure_exception_types": [FailsTheWorkflow],
         "max_heartbeat_throttle_interval": HEARTBEAT_THROTTLE,
         "default_heartbeat_throttle_interval": HEARTBEAT_THROTTLE,
         **worker_options,
@@ -230,6 +248,7 @@ async def _main(
         task_queue_prefix=settings.temporal_task_queue_prefix,
         concurrency=concurrency,
         modules=modules,
+        unknown_job_grace=settings.unknown_job_grace,
         **worker_options,
     )
 

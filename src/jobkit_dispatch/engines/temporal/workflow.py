@@ -41,6 +41,7 @@ from jobkit_dispatch.engines.temporal._model import (
     ProgressState,
 )
 from jobkit_dispatch.engines.temporal._steps import from_activity_error
+from jobkit_dispatch.engines.temporal._unknown import HandBack, unknown_here
 from jobkit_engine import JobContext, JobDefinition, JobError, JobStatus, Progress, default_registry
 from jobkit_engine.runtime import (
     Cancelled,
@@ -201,7 +202,7 @@ class JobWorkflow:
             self._slot.forget()
             if (
                 is_cancelled_exception(exc)
-                or isinstance(exc, ApplicationError | workflow.NondeterminismError)
+                or isinstance(exc, ApplicationError | workflow.NondeterminismError | HandBack)
                 or not isinstance(exc, Exception)
             ):
                 raise
@@ -212,6 +213,11 @@ class JobWorkflow:
             ) from exc
 
     async def _run(self, job: JobInput) -> Any:
+        unknown = unknown_here(job)  # a rolling deploy: HandBack, for a worker that knows it
+        if unknown is not None:  # and none came within the grace period
+            failed = self._settle(unknown)
+            assert isinstance(failed, Finish)
+            return self._finish(failed)
         definition = (
             default_registry.get(job.job_name) if job.job_name in default_registry else None
         )
