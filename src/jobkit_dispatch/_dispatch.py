@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError
 
-from jobkit.durations import Duration, require_aware, to_timedelta
+from jobkit.durations import Duration
 from jobkit.errors import (
     ConfigurationError,
     DispatchArgumentError,
@@ -27,6 +25,7 @@ from jobkit.errors import (
 )
 from jobkit.queues import QueueRegistry, default_queues
 from jobkit.settings import JobkitSettings, get_settings
+from jobkit_dispatch._arguments import checked_at, checked_delay, has_non_finite
 from jobkit_dispatch.engines import Engine, JobRequest, load_engine
 from jobkit_engine import JobDefinition, JobInfo, JobRegistry, default_registry
 from jobkit_engine.runtime import encode
@@ -143,8 +142,8 @@ class Dispatcher:
             payload=self._payload(definition, value),
             queue=queue_name,
             max_attempts=definition.retry.attempts,
-            delay=_delay(delay, at),
-            run_at=None if at is None else _aware(at),
+            delay=checked_delay(delay, at),
+            run_at=None if at is None else checked_at(at),
             idempotency_key=idempotency_key,
         )
 
@@ -154,7 +153,7 @@ class Dispatcher:
         caller's mistake, a `PayloadValidationError`."""
         what = f"the payload of job {definition.name!r}"
         try:
-            if _has_non_finite(value):
+            if has_non_finite(value):
                 raise StepError(f"{what} is not JSON: it holds NaN or infinity")
             return encode(definition.dump_payload(value), what, self.settings.max_payload_bytes)
         except (StepError, ValueError, TypeError, PydanticSerializationError) as exc:
@@ -337,37 +336,3 @@ def set_dispatcher(dispatcher: Dispatcher | None) -> Dispatcher | None:
     with _default_lock:
         previous, _default = _default, dispatcher
     return previous
-
-
-def _delay(delay: Duration | None, at: datetime | None) -> timedelta | None:
-    if delay is None:
-        return None
-    if at is not None:
-        raise DispatchArgumentError("delay", "pass either delay= or at=, not both")
-    try:
-        return to_timedelta(delay)
-    except ValueError:
-        raise DispatchArgumentError(
-            "delay", f"got {delay!r}; a delay is a duration from now, zero or more"
-        ) from None
-
-
-def _aware(at: datetime) -> datetime:
-    try:
-        return require_aware(at, "at")
-    except ValueError:
-        raise DispatchArgumentError(
-            "at", f"got {at!r}, a naive datetime; pass one with a time zone: datetime.now(UTC)"
-        ) from None
-
-
-def _has_non_finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, BaseModel):
-        return _has_non_finite(value.model_dump())
-    if isinstance(value, dict):
-        return any(_has_non_finite(item) for item in value.values())
-    if isinstance(value, list | tuple | set | frozenset):
-        return any(_has_non_finite(item) for item in value)
-    return False
