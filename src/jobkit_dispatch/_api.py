@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from jobkit.durations import Duration
-from jobkit_dispatch._dispatch import _SETTING, Dispatched, get_dispatcher
+from jobkit_dispatch._dispatch import _SETTING, Dispatched, aget_dispatcher, get_dispatcher
 from jobkit_engine import JobDefinition, JobInfo
 
 _warned: set[str] = set()
@@ -76,7 +76,7 @@ async def adispatch_job(
     pickup_timeout: float | object | None = _SETTING,
 ) -> Dispatched:
     """`dispatch_job` for async code."""
-    return await get_dispatcher().adispatch(
+    return await (await aget_dispatcher()).adispatch(
         job,
         payload,
         delay=delay,
@@ -97,7 +97,7 @@ def get_job(job_id: str) -> JobInfo:
 
 
 async def aget_job(job_id: str) -> JobInfo:
-    return await get_dispatcher().aget(job_id)
+    return await (await aget_dispatcher()).aget(job_id)
 
 
 def cancel_job(job_id: str) -> bool:
@@ -111,4 +111,4 @@ def cancel_job(job_id: str) -> bool:
 
 
 async def acancel_job(job_id: str) -> bool:
-    return await get_dispatcher().acancel(job_id)
+    return await (await aget_dispatcher()).acancel(job_id)

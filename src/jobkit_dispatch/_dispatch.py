@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -27,6 +27,7 @@ from jobkit.queues import QueueRegistry, default_queues
 from jobkit.settings import JobkitSettings, get_settings
 from jobkit_dispatch._arguments import checked_at, checked_delay, has_non_finite
 from jobkit_dispatch.engines import Engine, JobRequest, load_engine
+from jobkit_dispatch.engines.base import aavailability
 from jobkit_engine import JobDefinition, JobInfo, JobRegistry, default_registry
 from jobkit_engine.runtime import encode
 
@@ -95,16 +96,23 @@ class Dispatcher:
         forced engine takes every job (it waits in the queue for a worker)."""
         return self._forced is None and self.settings.engine == "auto"
 
-    def engine(self, name: str) -> Engine:
-        """The engine `name`, built on first use and kept."""
+    def _built(self, name: str) -> Engine | None:
+        """The engine `name` if it is built already; a read, no lock taken."""
         if self._forced is not None and name == self._forced.name:
             return self._forced
+        # A third-party engine is loaded as 'module:Class' but records jobs under its
+        # own `name`: find it by either.
+        return self._engines.get(name) or next(
+            (e for e in list(self._engines.values()) if e.name == name), None
+        )
+
+    def engine(self, name: str) -> Engine:
+        """The engine `name`, built on first use and kept."""
+        built = self._built(name)
+        if built is not None:
+            return built
         with self._lock:
-            # A third-party engine is loaded as 'module:Class' but records jobs under its
-            # own `name`: find it by either.
-            engine = self._engines.get(name) or next(
-                (e for e in self._engines.values() if e.name == name), None
-            )
+            engine = self._built(name)
             if engine is None:
                 engine = self._engines[name] = load_engine(name, self.settings)
             return engine
@@ -180,24 +188,48 @@ class Dispatcher:
         self, request: JobRequest, causes: dict[str, str]
     ) -> Iterator[tuple[str, Engine, JobRequest]]:
         """Engines that say they can take `request` now (by route name), each with the
-        reason it is used: a fallback engine carries the cause that sent the job past the
-        engine before it."""
+        request it gets; why each other engine cannot, in `causes`."""
         for name, reason in self._route():
-            if reason == "fallback" and causes:
-                reason = list(causes.values())[-1]
-            try:
-                engine = self.engine(name)
-            except ConfigurationError as exc:
-                causes[name] = str(exc)
-                continue
-            if (request.delay or request.run_at) and not engine.supports_delay:
-                causes[name] = "does not support delay= / at="
-                continue
-            why = engine.availability(request) if self.falls_back else None
-            if why is not None:
+            found = self._eligible(name, reason, request, causes)
+            why = found[0].availability(request) if found and self.falls_back else None
+            if found is not None and why is None:
+                yield name, *found
+            elif why is not None:
                 causes[name] = why
-                continue
-            yield name, engine, replace(request, reason=reason)
+
+    async def _acandidates(
+        self, request: JobRequest, causes: dict[str, str]
+    ) -> AsyncIterator[tuple[str, Engine, JobRequest]]:
+        """`_candidates` that never blocks the running loop: an engine is built (imported,
+        its client made) in a thread, and so is an availability check that must ask a
+        server (`aavailability`)."""
+        for name, reason in self._route():
+            if self._built(name) is not None:
+                found = self._eligible(name, reason, request, causes)
+            else:
+                found = await asyncio.to_thread(self._eligible, name, reason, request, causes)
+            why = await aavailability(found[0], request) if found and self.falls_back else None
+            if found is not None and why is None:
+                yield name, *found
+            elif why is not None:
+                causes[name] = why
+
+    def _eligible(
+        self, name: str, reason: str, request: JobRequest, causes: dict[str, str]
+    ) -> tuple[Engine, JobRequest] | None:
+        """The engine `name` and the request it gets, if it exists and can honour it. A
+        fallback engine's reason is the cause that sent the job past the engine before."""
+        try:
+            engine = self.engine(name)
+        except ConfigurationError as exc:
+            causes[name] = str(exc)
+            return None
+        if (request.delay or request.run_at) and not engine.supports_delay:
+            causes[name] = "does not support delay= / at="
+            return None
+        if reason == "fallback" and causes:
+            reason = list(causes.values())[-1]
+        return engine, replace(request, reason=reason)
 
     def _pickup_timeout(self, engine: Engine, request: JobRequest, per_call: Any) -> float | None:
         timeout = self.settings.pickup_timeout if per_call is _SETTING else per_call
@@ -259,7 +291,7 @@ class Dispatcher:
         if existing is not None:
             return existing
         causes: dict[str, str] = {}
-        for name, engine, routed in self._candidates(request, causes):
+        async for name, engine, routed in self._acandidates(request, causes):
             try:
                 created = await engine.aenqueue(routed)
             except EngineUnavailableError as exc:
@@ -328,6 +360,12 @@ def get_dispatcher() -> Dispatcher:
             if _default is None:
                 _default = Dispatcher()
     return _default
+
+
+async def aget_dispatcher() -> Dispatcher:
+    """`get_dispatcher` for a running loop: the first call, which reads the settings,
+    builds the dispatcher in a thread."""
+    return _default if _default is not None else await asyncio.to_thread(get_dispatcher)
 
 
 def set_dispatcher(dispatcher: Dispatcher | None) -> Dispatcher | None:

@@ -110,6 +110,14 @@ class EngineBase(ABC):
     def availability(self, request: JobRequest) -> str | None:
         return None
 
+    async def aavailability(self, request: JobRequest) -> str | None:
+        """`availability` for a running loop, which it must never block: in a thread,
+        unless `availability` is this default. An engine whose answer usually comes from
+        memory overrides it, going to a thread only when it must ask its server."""
+        if type(self).availability is EngineBase.availability:
+            return None
+        return await asyncio.to_thread(self.availability, request)
+
     @abstractmethod
     def enqueue(self, request: JobRequest) -> bool: ...
 
@@ -130,3 +138,12 @@ class EngineBase(ABC):
 
     def close(self) -> None:
         return None
+
+
+async def aavailability(engine: Engine, request: JobRequest) -> str | None:
+    """`engine.availability(request)` without blocking the running loop: the engine's own
+    `aavailability` (`EngineBase` has one) when it has it, else in a thread."""
+    check = getattr(engine, "aavailability", None)
+    if check is not None:
+        return await check(request)
+    return await asyncio.to_thread(engine.availability, request)

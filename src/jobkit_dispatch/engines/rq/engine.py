@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -21,6 +22,8 @@ from jobkit_engine import JobInfo
 
 if TYPE_CHECKING:
     from redis import Redis
+
+_ASK_REDIS = object()  # availability: the answer needs a round trip to Redis
 
 
 class RQEngine(EngineBase):
@@ -71,21 +74,37 @@ class RQEngine(EngineBase):
         """Redis answers and a live jobkit worker serves the queue (it also promotes
         delayed jobs). The answer is reused for `worker_check_ttl` seconds, and an open
         circuit skips Redis at once, so a dispatch rarely pays a round trip here."""
+        known = self._known_availability(request)
+        return self._ask_availability(request) if known is _ASK_REDIS else known
+
+    async def aavailability(self, request: JobRequest) -> str | None:
+        """`availability` for a running loop: answered from memory when it can be, and
+        in a thread when it needs Redis, whose wait must not stall the loop."""
+        known = self._known_availability(request)
+        if known is _ASK_REDIS:
+            return await asyncio.to_thread(self._ask_availability, request)
+        return known
+
+    def _known_availability(self, request: JobRequest) -> str | object | None:
+        """The answer that needs no Redis (an open circuit, a fresh count of live
+        workers), or `_ASK_REDIS`."""
         if not self.breaker.allow():
             return f"redis-unhealthy: {self.breaker.last_failure} (circuit open)"
-        now = time.monotonic()
         cached = self._live.get(request.queue)
-        if cached is None or cached[0] <= now:
-            oldest = time.time() - 3 * self.settings.worker_heartbeat
-            try:
-                alive = self._live_workers(
-                    keys=[keys.QueueKeys(request.queue).workers], args=[oldest]
-                )
-            except RedisError as exc:
-                return str(self._unavailable(exc))
-            self.breaker.success()
-            cached = self._live[request.queue] = (now + self.settings.worker_check_ttl, alive)
+        if cached is None or cached[0] <= time.monotonic():
+            return _ASK_REDIS
         return None if cached[1] else f"no-live-worker: {request.queue}"
+
+    def _ask_availability(self, request: JobRequest) -> str | None:
+        now = time.monotonic()
+        oldest = time.time() - 3 * self.settings.worker_heartbeat
+        try:
+            alive = self._live_workers(keys=[keys.QueueKeys(request.queue).workers], args=[oldest])
+        except RedisError as exc:
+            return str(self._unavailable(exc))
+        self.breaker.success()
+        self._live[request.queue] = (now + self.settings.worker_check_ttl, alive)
+        return None if alive else f"no-live-worker: {request.queue}"
 
     def confirm_pickup(self, request: JobRequest, timeout: float) -> bool:
         key = keys.job_key(request.job_id)
