@@ -124,9 +124,16 @@ def exit_sync() -> dict[str, object]:
 def close_sync() -> dict[str, object]:
     d = dispatch_job(rq_jobs.ok, {"workdir": "/nonexistent"})
     calls = _threads_calling(d.job_id)
+    before, started = list(calls), time.monotonic()
     get_dispatcher().close()  # the callers are mid-call
+    deadline = started + 5
+    while any(now <= then for now, then in zip(calls, before, strict=True)):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    resumed = time.monotonic() - started  # until every caller is through a call again
     time.sleep(0.5)  # what an engine left behind would report meanwhile
-    return {"engine": d.engine, "calls": sum(calls)}
+    return {"engine": d.engine, "calls": sum(calls), "resumed_after_close": round(resumed, 3)}
 
 
 async def exit_async() -> dict[str, object]:

@@ -30,6 +30,7 @@ from temporalio.service import RetryConfig, RPCError
 
 from jobkit.circuit import CircuitBreaker
 from jobkit.errors import EngineUnavailableError, JobkitError
+from jobkit_dispatch.engines.temporal import _process
 from jobkit_dispatch.engines.temporal._loop import LoopThread
 
 
@@ -89,6 +90,7 @@ class Connection:
                     self.address,
                     namespace=self.namespace,
                     data_converter=pydantic_data_converter,
+                    runtime=_process.runtime(),  # a forked child's own
                     # A few quick retries: a dead server must not hold a dispatch for long.
                     retry_config=RetryConfig(
                         initial_interval_millis=50,

@@ -32,6 +32,7 @@ from jobkit.durations import Duration, to_seconds, utcnow
 from jobkit.errors import EngineUnavailableError, JobNotFoundError
 from jobkit.settings import JobkitSettings
 from jobkit_dispatch.engines.base import EngineBase, JobRequest
+from jobkit_dispatch.engines.temporal import _process
 from jobkit_dispatch.engines.temporal._closed import failure_error, termination_error
 from jobkit_dispatch.engines.temporal._connection import Connection
 from jobkit_dispatch.engines.temporal._loop import LoopThread
@@ -109,6 +110,7 @@ class TemporalEngine(EngineBase):
             cool_down=circuit_cool_down,
         )
         self._workers: list[BackgroundWorker] = []
+        _process.track(self)  # a fork and the process's exit
 
     @classmethod
     def from_settings(cls, settings: JobkitSettings) -> TemporalEngine:
@@ -139,6 +141,9 @@ class TemporalEngine(EngineBase):
         """The open circuit's cause, or None: answered from memory, no network call."""
         return self._connection.refusal()
 
+    async def aavailability(self, request: JobRequest) -> str | None:
+        return self.availability(request)  # from memory: no thread needed
+
     def enqueue(self, request: JobRequest) -> bool:
         with self._connection.call():
             return self._loop.run(self._enqueue(request), self._sync_timeout)
@@ -164,11 +169,12 @@ class TemporalEngine(EngineBase):
             return await self._loop.arun(self._cancel(job_id))
 
     def close(self) -> None:
-        """Stop the workers started with `start_worker`, then the engine's loop."""
+        """Stop the workers started with `start_worker`, then the engine's loop once the
+        calls in flight are over; the next call connects again."""
         while self._workers:
             self._workers.pop().stop()
-        self._connection.reset()
         self._loop.stop()
+        self._connection.reset()
 
     # -- workers in this process ---------------------------------------------------------
 
