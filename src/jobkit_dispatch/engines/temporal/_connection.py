@@ -82,6 +82,13 @@ class Connection:
         """Forget the client (the engine's loop is going away)."""
         self._client, self._connecting = None, None
 
+    def forget_inherited(self) -> tuple[object, object]:
+        """In a forked child: forget the parent's client, whose threads stayed in the
+        parent (the next call connects again); return it, for the caller to keep."""
+        inherited = (self._client, self._connecting)
+        self.reset()
+        return inherited
+
     async def _connect(self) -> Client:
         where = f"cannot connect to Temporal at {self.address}"
         try:

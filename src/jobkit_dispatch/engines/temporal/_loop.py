@@ -64,10 +64,6 @@ class LoopThread:
         return inherited
 
     @property
-    def started(self) -> bool:
-        return self._loop is not None
-
-    @property
     def loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             return self._started()

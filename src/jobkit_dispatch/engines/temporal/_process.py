@@ -74,9 +74,7 @@ def _after_fork_in_child() -> None:
     loops = {*_loop.forget_running(), *(engine._loop for engine in engines)}
     _keep_forever([loop.forget_inherited() for loop in loops])
     for engine in engines:
-        connection = engine._connection
-        _keep_forever((connection._client, connection._connecting, list(engine._workers)))
-        connection.reset()
+        _keep_forever((engine._connection.forget_inherited(), list(engine._workers)))
         engine._workers.clear()
 
 
