@@ -66,6 +66,24 @@ async def count_once(ctx: JobContext, payload: Count) -> str:
     return payload.name
 
 
+class SlowCount(BaseModel):
+    workdir: str
+    name: str
+    nap: float = 0.0
+
+
+def doze(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+@job("rqtest.count_slowly", queue="rq-messages", retry=3)
+async def count_slowly(ctx: JobContext, payload: SlowCount) -> str:
+    """Counts its one run, then keeps its worker busy a while, so that a queue builds up."""
+    await ctx.step.run("tally", tally, payload.workdir, payload.name)
+    await ctx.step.run("nap", doze, payload.nap)
+    return payload.name
+
+
 @job("rqtest.ok", queue="rq-messages", retry=1)
 async def ok(ctx: JobContext, payload: Work) -> str:
     await ctx.step.run("tally", tally, payload.workdir, "ok")

@@ -12,6 +12,7 @@ JobkitError
 ├── PayloadTooLargeError          a payload, step argument or result past the size limit
 ├── DispatchArgumentError         a dispatch_job argument that cannot work (delay=, at=, key)
 ├── EngineUnavailableError        an engine cannot take jobs right now (the dispatcher falls back)
+├── JobMovedError                 an engine's marker: this job id went to another engine
 ├── DispatchError                 no engine could take the job (names every cause)
 ├── JobNotFoundError              get_job / cancel_job for an id no engine knows
 ├── CorruptJobError               a stored job record that cannot be read back
@@ -165,7 +166,29 @@ class DispatchArgumentError(JobkitError, ValueError):
 
 
 class EngineUnavailableError(JobkitError):
-    """An engine cannot take a job right now (server down, no worker); try another one."""
+    """An engine cannot take a job right now (server down, no worker); try another one.
+
+    `outcome_unknown` is True when the request reached the engine but its answer was lost
+    (a read timed out, the connection dropped after sending): it may have been applied, so
+    the job may exist there all the same. False when nothing was sent (refused, connect
+    timeout, circuit open).
+    """
+
+    def __init__(self, message: str = "", *, outcome_unknown: bool = False) -> None:
+        super().__init__(message)
+        self.outcome_unknown = outcome_unknown
+
+
+class JobMovedError(JobkitError):
+    """The engine asked to enqueue a job holds only a marker saying that the job with this
+    id went to another engine (`engine`, for `reason`). The dispatcher answers with that
+    job (`created=False`); callers of `dispatch_job` never see this error."""
+
+    def __init__(self, job_id: str, engine: str, reason: str) -> None:
+        self.job_id = job_id
+        self.engine = engine
+        self.reason = reason
+        super().__init__(f"job {job_id} moved to {engine} ({reason})")
 
 
 class DispatchError(JobkitError):

@@ -18,6 +18,7 @@ from jobkit.errors import (
     DispatchArgumentError,
     DispatchError,
     EngineUnavailableError,
+    JobMovedError,
     JobNotFoundError,
     PayloadTooLargeError,
     PayloadValidationError,
@@ -27,7 +28,7 @@ from jobkit.queues import QueueRegistry, default_queues
 from jobkit.settings import JobkitSettings, get_settings
 from jobkit_dispatch._arguments import checked_at, checked_delay, has_non_finite
 from jobkit_dispatch.engines import Engine, JobRequest, load_engine
-from jobkit_dispatch.engines.base import aavailability
+from jobkit_dispatch.engines.base import Fences, aavailability
 from jobkit_engine import JobDefinition, JobInfo, JobRegistry, default_registry
 from jobkit_engine.runtime import encode
 
@@ -185,12 +186,13 @@ class Dispatcher:
         return idempotent_job_id(job_name, idempotency_key)
 
     def _candidates(
-        self, request: JobRequest, causes: dict[str, str]
+        self, request: JobRequest, causes: dict[str, str], held: set[str]
     ) -> Iterator[tuple[str, Engine, JobRequest]]:
         """Engines that say they can take `request` now (by route name), each with the
-        request it gets; why each other engine cannot, in `causes`."""
+        request it gets; why each other engine cannot, in `causes`; which may hold a copy
+        of the job anyway, in `held` (see `_eligible`)."""
         for name, reason in self._route():
-            found = self._eligible(name, reason, request, causes)
+            found = self._eligible(name, reason, request, causes, held)
             why = found[0].availability(request) if found and self.falls_back else None
             if found is not None and why is None:
                 yield name, *found
@@ -198,16 +200,17 @@ class Dispatcher:
                 causes[name] = why
 
     async def _acandidates(
-        self, request: JobRequest, causes: dict[str, str]
+        self, request: JobRequest, causes: dict[str, str], held: set[str]
     ) -> AsyncIterator[tuple[str, Engine, JobRequest]]:
         """`_candidates` that never blocks the running loop: an engine is built (imported,
         its client made) in a thread, and so is an availability check that must ask a
         server (`aavailability`)."""
         for name, reason in self._route():
+            args = (name, reason, request, causes, held)
             if self._built(name) is not None:
-                found = self._eligible(name, reason, request, causes)
+                found = self._eligible(*args)
             else:
-                found = await asyncio.to_thread(self._eligible, name, reason, request, causes)
+                found = await asyncio.to_thread(self._eligible, *args)
             why = await aavailability(found[0], request) if found and self.falls_back else None
             if found is not None and why is None:
                 yield name, *found
@@ -215,21 +218,27 @@ class Dispatcher:
                 causes[name] = why
 
     def _eligible(
-        self, name: str, reason: str, request: JobRequest, causes: dict[str, str]
+        self, name: str, reason: str, request: JobRequest, causes: dict[str, str], held: set[str]
     ) -> tuple[Engine, JobRequest] | None:
         """The engine `name` and the request it gets, if it exists and can honour it. A
-        fallback engine's reason is the cause that sent the job past the engine before."""
+        fallback engine's reason is the cause that sent the job past the engine before,
+        and its fence the engines before that may hold a copy (`held`): one whose enqueue
+        may have been applied unanswered (`_missed`), and, for an idempotency key, every
+        one passed over, where an earlier dispatch of the key may have put the job."""
         try:
             engine = self.engine(name)
         except ConfigurationError as exc:
             causes[name] = str(exc)
             return None
+        fence = frozenset(held)
+        if request.idempotency_key is not None:
+            held.add(name)
         if (request.delay or request.run_at) and not engine.supports_delay:
             causes[name] = "does not support delay= / at="
             return None
         if reason == "fallback" and causes:
             reason = list(causes.values())[-1]
-        return engine, replace(request, reason=reason)
+        return engine, replace(request, reason=reason, fence=fence)
 
     def _pickup_timeout(self, engine: Engine, request: JobRequest, per_call: Any) -> float | None:
         timeout = self.settings.pickup_timeout if per_call is _SETTING else per_call
@@ -237,18 +246,26 @@ class Dispatcher:
             return None
         return None if (request.delay or request.run_at) else timeout
 
-    def _existing(self, request: JobRequest) -> Dispatched | None:
-        """The job an idempotency key already names, on whichever engine has it."""
+    def _hand_over(self, request: JobRequest, engine: Engine) -> Dispatched:
+        """Where a job that `engine` just took runs. An idempotent job that an engine
+        before it may hold: when that engine answers now, it is told at once (a repeat
+        dispatch there then returns this job), or says it already ran the job — then that
+        is the job. The engine's own fence (Temporal's) settles the same copies before the
+        job runs, whatever happens here; this only makes the answer right sooner."""
+        taken = Dispatched(request.job_id, engine.name, request.reason)
         if request.idempotency_key is None:
-            return None
-        for engine in self._known_engines():
+            return taken  # a lost reply: that engine is sick; the fence waits for it
+        for name in sorted(request.fence):
+            other = self.engine(name)
+            if not isinstance(other, Fences):
+                continue
             try:
-                info = engine.get(request.job_id)
+                fenced = other.fence(request.job_id, engine.name, request.reason)
             except EngineUnavailableError:
                 continue
-            if info is not None:
-                return Dispatched(request.job_id, engine.name, info.reason, created=False)
-        return None
+            if fenced.engine == other.name:
+                return Dispatched(request.job_id, fenced.engine, fenced.reason, created=False)
+        return taken
 
     def dispatch(
         self,
@@ -258,21 +275,26 @@ class Dispatcher:
         pickup_timeout: float | object | None = _SETTING,
         **options: Any,
     ) -> Dispatched:
+        """Enqueue on the first engine that takes the job (see docs/dispatch.md). An
+        idempotency key is settled by the engines themselves: none is asked beyond the
+        one that takes the job."""
         request = self.prepare(job, payload, **options)
-        existing = self._existing(request)
-        if existing is not None:
-            return existing
         causes: dict[str, str] = {}
-        for name, engine, routed in self._candidates(request, causes):
+        held: set[str] = set()
+        for name, engine, routed in self._candidates(request, causes, held):
             try:
                 created = engine.enqueue(routed)
+            except JobMovedError as moved:
+                return Dispatched(routed.job_id, moved.engine, moved.reason, created=False)
             except EngineUnavailableError as exc:
-                causes[name] = str(exc)
+                _missed(name, exc, causes, held)
                 continue
             timeout = self._pickup_timeout(engine, routed, pickup_timeout)
             if created and timeout is not None and not engine.confirm_pickup(routed, timeout):  # type: ignore[attr-defined]
                 causes[name] = "pickup-timeout"
                 continue
+            if created and routed.fence:
+                return self._hand_over(routed, engine)
             return Dispatched(routed.job_id, engine.name, routed.reason, created)
         raise DispatchError(request.job_name, causes)
 
@@ -285,17 +307,15 @@ class Dispatcher:
         **options: Any,
     ) -> Dispatched:
         request = self.prepare(job, payload, **options)
-        existing = (
-            await asyncio.to_thread(self._existing, request) if request.idempotency_key else None
-        )
-        if existing is not None:
-            return existing
         causes: dict[str, str] = {}
-        async for name, engine, routed in self._acandidates(request, causes):
+        held: set[str] = set()
+        async for name, engine, routed in self._acandidates(request, causes, held):
             try:
                 created = await engine.aenqueue(routed)
+            except JobMovedError as moved:
+                return Dispatched(routed.job_id, moved.engine, moved.reason, created=False)
             except EngineUnavailableError as exc:
-                causes[name] = str(exc)
+                _missed(name, exc, causes, held)
                 continue
             timeout = self._pickup_timeout(engine, routed, pickup_timeout)
             if created and timeout is not None:
@@ -303,6 +323,8 @@ class Dispatcher:
                 if not taken:
                     causes[name] = "pickup-timeout"
                     continue
+            if created and routed.fence:
+                return await asyncio.to_thread(self._hand_over, routed, engine)
             return Dispatched(routed.job_id, engine.name, routed.reason, created)
         raise DispatchError(request.job_name, causes)
 
@@ -374,3 +396,10 @@ def set_dispatcher(dispatcher: Dispatcher | None) -> Dispatcher | None:
     with _default_lock:
         previous, _default = _default, dispatcher
     return previous
+
+
+def _missed(name: str, exc: EngineUnavailableError, causes: dict[str, str], held: set[str]) -> None:
+    """Note why engine `name` did not take the job, and whether it may hold it anyway."""
+    causes[name] = str(exc)
+    if exc.outcome_unknown:
+        held.add(name)

@@ -29,6 +29,12 @@ class JobRequest:
     run_at: datetime | None = None  # absolute; at most one of delay / run_at is set
     reason: str = ""
     idempotency_key: str | None = None
+    # Engines tried before this one that may hold a copy of the job under its id: one
+    # whose enqueue may have been applied though its reply was lost, and, for an
+    # idempotency key, one that did not take it (an earlier dispatch may have). An engine
+    # that can settle with such a copy before running the job does (Temporal: a fence
+    # against RQ); see docs/dispatch.md, "Exactly once across engines".
+    fence: frozenset[str] = frozenset()
 
     def due_at(self, now: datetime) -> datetime | None:
         """When the job may first run, or None for "now"."""
@@ -90,6 +96,25 @@ class ConfirmsPickup(Protocol):
         """Wait up to `timeout` seconds for a worker to start the job. True: a worker has
         it (it stays). False: nobody took it and it was withdrawn atomically — it will never
         run on this engine."""
+        ...
+
+
+@dataclass(frozen=True)
+class Fenced:
+    """Which engine runs a job that two engines held, and the reason stored with it."""
+
+    engine: str
+    reason: str
+
+
+@runtime_checkable
+class Fences(Protocol):
+    """An engine that can hand a job over to another engine holding a copy of it."""
+
+    def fence(self, job_id: str, engine: str, reason: str) -> Fenced:
+        """Make sure only one engine runs the job: unless this engine already started it
+        (then it keeps it), it will never run it, and it remembers that `engine` has it.
+        Raises `EngineUnavailableError` when it cannot answer now."""
         ...
 
 

@@ -36,6 +36,7 @@ INFO_FIELDS = (
     "jk_started_at",
     "jk_finished_at",
     "jk_wait",
+    "jk_moved_to",
 )
 
 _STATUS = {
@@ -153,8 +154,8 @@ def decode_info(job_id: str, values: list[bytes | None], engine: str) -> JobInfo
     """`HMGET INFO_FIELDS` → `JobInfo`, or None when there is no such job. A field that
     cannot be read raises `CorruptJobError` naming it."""
     f = _Fields(job_id, values)
-    if f.raw["jk_name"] is None:
-        return None  # no job, or not one of jobkit's
+    if f.raw["jk_name"] is None or f.raw["jk_moved_to"] is not None:
+        return None  # no job, not one of jobkit's, or the marker of a job that moved (FENCE)
     if f.raw["status"] is None:
         raise CorruptJobError(job_id, "its record has no status")
     rq_status = f.text("status")

@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from redis.exceptions import RedisError
 
 from jobkit.circuit import CircuitBreaker
-from jobkit.connection import get_redis
-from jobkit.errors import EngineUnavailableError, JobNotFoundError
+from jobkit.connection import command_sent, get_redis
+from jobkit.errors import EngineUnavailableError, JobMovedError, JobNotFoundError
 from jobkit.queues import QueueRegistry, default_queues
 from jobkit.settings import JobkitSettings, get_settings, redact_url
-from jobkit_dispatch.engines.base import EngineBase, JobRequest
+from jobkit_dispatch.engines.base import EngineBase, Fenced, JobRequest
 from jobkit_dispatch.engines.rq import keys
 from jobkit_dispatch.engines.rq.codec import INFO_FIELDS, decode_info, job_mapping
-from jobkit_dispatch.engines.rq.scripts import CANCEL, ENQUEUE, LIVE_WORKERS, WITHDRAW
+from jobkit_dispatch.engines.rq.scripts import CANCEL, ENQUEUE, FENCE, LIVE_WORKERS, WITHDRAW
 from jobkit_engine import JobInfo
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ class RQEngine(EngineBase):
         self._cancel = self.redis.register_script(CANCEL)
         self._live_workers = self.redis.register_script(LIVE_WORKERS)
         self._withdraw = self.redis.register_script(WITHDRAW)
+        self._fence = self.redis.register_script(FENCE)
         self.breaker = CircuitBreaker(self.settings.circuit_cool_down)
         self._live: dict[str, tuple[float, int]] = {}  # queue -> (valid until, live workers)
 
@@ -57,11 +58,15 @@ class RQEngine(EngineBase):
     def from_settings(cls, settings: JobkitSettings) -> RQEngine:
         return cls(settings=settings)
 
-    def _unavailable(self, exc: Exception) -> EngineUnavailableError:
+    def _unavailable(self, exc: Exception, *, written: bool = False) -> EngineUnavailableError:
+        """The error for a failed Redis call; `written` for a call that changes a job, whose
+        outcome is unknown once the command was sent (its reply may be all that was lost)."""
         where = redact_url(self.settings.redis_url)
         why = f"Redis at {where}: {type(exc).__name__}: {exc}"
         self.breaker.failure(why)
-        return EngineUnavailableError(f"redis-unhealthy: {why}")
+        return EngineUnavailableError(
+            f"redis-unhealthy: {why}", outcome_unknown=written and command_sent(exc)
+        )
 
     def _refuse_if_open(self) -> None:
         """While the circuit is open, a lookup or a cancellation fails at once too: a hung
@@ -138,14 +143,41 @@ class RQEngine(EngineBase):
         for item in fields.items():
             args.extend(item)
         try:
-            created = self._enqueue(
+            reply = self._enqueue(
                 keys=[keys.job_key(request.job_id), q.queue, keys.queues_set_key, q.scheduled],
                 args=args,
             )
         except RedisError as exc:
+            raise self._unavailable(exc, written=True) from exc
+        self.breaker.success()
+        if reply == 1:
+            return True
+        moved_to, reason = reply
+        if moved_to:
+            raise JobMovedError(request.job_id, moved_to.decode(), (reason or b"").decode())
+        return False
+
+    def fence(self, job_id: str, engine: str, reason: str) -> Fenced:
+        """Hand the job over to `engine`, which holds a copy of it, unless a worker here
+        has had it (see `scripts.FENCE`): from then on exactly one engine runs it."""
+        if not self.breaker.allow():
+            raise EngineUnavailableError(f"redis-unhealthy: {self.breaker.last_failure}")
+        args = [
+            job_id,
+            engine,
+            reason,
+            self.settings.failure_ttl,
+            keys.queue_key_prefix,
+            keys.scheduled_key_prefix,
+        ]
+        try:
+            owner, detail = self._fence(keys=[keys.job_key(job_id)], args=args)
+        except RedisError as exc:
             raise self._unavailable(exc) from exc
         self.breaker.success()
-        return bool(created)
+        if owner == b"rq":
+            return Fenced(self.name, detail.decode())
+        return Fenced(detail.decode(), reason)
 
     def get(self, job_id: str) -> JobInfo | None:
         self._refuse_if_open()

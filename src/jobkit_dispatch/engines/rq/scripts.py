@@ -8,8 +8,12 @@ job is never lost and never run twice.
 from __future__ import annotations
 
 # KEYS: job, queue, queues set, scheduled. ARGV: id, 'now'|'at', due, field, value, ...
+# 1: enqueued. When the id is taken: {the engine the job moved to (a FENCE marker) or
+# false, the reason stored with it}.
 ENQUEUE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('HMGET', KEYS[1], 'jk_moved_to', 'jk_reason')
+end
 redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('SADD', KEYS[3], KEYS[2])
 if ARGV[2] == 'at' then
@@ -207,4 +211,30 @@ if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
 if redis.call('LREM', KEYS[2], 0, ARGV[1]) == 0 then return -1 end
 redis.call('DEL', KEYS[1])
 return 1
+"""
+
+# KEYS: job. ARGV: id, engine, its reason, marker ttl, queue key prefix, scheduled prefix.
+# Hands a job over to another engine (`engine`, which holds a copy under the same id),
+# unless an RQ worker has had it. {'moved', engine}: RQ will never run the job — a copy
+# that no worker started is taken off its queue, and the hash becomes a marker (status
+# 'canceled', `jk_moved_to`) that START refuses like any job that is not queued, that
+# ENQUEUE answers with instead of enqueueing, and that `get` reports as no job. The same
+# when no copy exists: the marker refuses an enqueue still on its way. {'rq', reason}: a
+# worker started the job (it may be running, retrying, finished or cancelled): RQ keeps
+# it. Running it twice changes nothing.
+FENCE = """
+local job = redis.call('HMGET', KEYS[1], 'status', 'jk_moved_to', 'jk_started_at', 'jk_wait',
+  'origin', 'jk_reason')
+local status, moved, started, wait, origin = job[1], job[2], job[3], job[4], job[5]
+if moved then return {'moved', moved} end
+local waiting = status == 'queued' or (status == 'scheduled' and wait == 'delay')
+if status and (started or not waiting) then return {'rq', job[6] or ''} end
+if origin then
+  redis.call('LREM', ARGV[5] .. origin, 0, ARGV[1])
+  redis.call('ZREM', ARGV[6] .. origin, ARGV[1])
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'status', 'canceled', 'jk_moved_to', ARGV[2], 'jk_reason', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return {'moved', ARGV[2]}
 """

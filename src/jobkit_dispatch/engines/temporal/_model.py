@@ -24,6 +24,9 @@ SLOT_SIGNAL = "jobkit.slot-free"
 ACQUIRE_SLOT = "jobkit.acquire-slot"
 """The local activity that takes a slot of the job's queue on this worker."""
 
+FENCE_RQ = "jobkit.fence-rq"
+"""The activity that settles with a copy of the job RQ may hold, before the job runs."""
+
 MEMO_KEY = "jobkit"
 
 TERMINATION_KEY = "jobkit_error"
@@ -76,6 +79,7 @@ class JobInput(BaseModel):
     max_payload_bytes: int = DEFAULT_MAX_BYTES  # the JSON size limit of steps and the result
     history_warn_events: int = HISTORY_WARN_EVENTS  # log a warning once past this
     history_limit_events: int = HISTORY_LIMIT_EVENTS  # fail the job before a step past this
+    fence_rq: bool = False  # RQ may hold a copy: settle with it before the job runs
 
 
 class ErrorState(BaseModel):
@@ -116,6 +120,8 @@ class JobState(BaseModel):
     started_at: datetime | None = None
     error: ErrorState | None = None
     progress: ProgressState | None = None
+    fencing: bool | None = None  # True until the fence against RQ has settled
+    moved_to: str | None = None  # the engine that ran the job instead ("rq"): not this one
 
     @classmethod
     def initial(cls, job: JobInput) -> JobState:
@@ -127,6 +133,7 @@ class JobState(BaseModel):
             max_attempts=job.max_attempts,
             created_at=job.created_at,
             scheduled_for=job.scheduled_for,
+            fencing=job.fence_rq or None,
         )
 
     def memo(self) -> dict[str, Any]:

@@ -100,6 +100,9 @@ class TemporalEngine(EngineBase):
         # A job's history: a warning is logged past the first, the job fails at the second.
         self.history_warn_events = history_warn_events
         self.history_limit_events = history_limit_events
+        # The settings it was built from: its in-process workers read the queue Redis from
+        # them (the fence against RQ); None means the process's settings.
+        self.settings: JobkitSettings | None = None
         self._loop = LoopThread(f"jobkit-temporal-{address}")
         self._connection = Connection(
             address,
@@ -114,7 +117,7 @@ class TemporalEngine(EngineBase):
 
     @classmethod
     def from_settings(cls, settings: JobkitSettings) -> TemporalEngine:
-        return cls(
+        engine = cls(
             settings.temporal_address,
             settings.temporal_namespace,
             task_queue_prefix=settings.temporal_task_queue_prefix,
@@ -122,6 +125,8 @@ class TemporalEngine(EngineBase):
             circuit_cool_down=settings.circuit_cool_down,
             max_payload_bytes=settings.max_payload_bytes,
         )
+        engine.settings = settings
+        return engine
 
     def task_queue(self, queue: str) -> str:
         """The Temporal task queue of a jobkit queue."""
@@ -229,6 +234,7 @@ class TemporalEngine(EngineBase):
             max_payload_bytes=self.max_payload_bytes,
             history_warn_events=self.history_warn_events,
             history_limit_events=self.history_limit_events,
+            fence_rq="rq" in request.fence,
         )
         try:
             await client.start_workflow(
@@ -273,7 +279,10 @@ class TemporalEngine(EngineBase):
         memo = await description.memo_value(MEMO_KEY, None)
         if memo is None:
             return None
-        return await self._info(description, JobState.model_validate(memo))
+        state = JobState.model_validate(memo)
+        if state.moved_to is not None:
+            return None  # another engine had the job first and ran it: it is the job
+        return await self._info(description, state)
 
     async def _info(self, description: WorkflowExecutionDescription, state: JobState) -> JobInfo:
         job_id = description.id
@@ -343,7 +352,7 @@ class TemporalEngine(EngineBase):
             if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
                 return False  # it finished in between
             raise self._unavailable(exc) from exc
-        if _unstarted(description):
+        if _unstarted(description) and not await _fencing(description):
             await self._end_unstarted(handle)
         return True
 
@@ -360,6 +369,13 @@ class TemporalEngine(EngineBase):
                 await handle.terminate(reason=CANCELLED_UNSTARTED, rpc_timeout=self._rpc_timeout)
         except RPCError:  # closed meanwhile, or unreachable: a worker ends it as cancelled
             pass
+
+
+async def _fencing(description: WorkflowExecutionDescription) -> bool:
+    """The job must settle with RQ's copy before it ends, cancelled or not: a worker ends
+    it (see `JobWorkflow._fence_rq`), never a termination."""
+    memo = await description.memo_value(MEMO_KEY, None)
+    return memo is not None and JobState.model_validate(memo).fencing is True
 
 
 def _unstarted(description: WorkflowExecutionDescription) -> bool:

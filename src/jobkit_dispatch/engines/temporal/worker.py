@@ -37,6 +37,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from jobkit.queues import QueueRegistry, default_queues
 from jobkit.settings import JobkitSettings, get_settings
+from jobkit_dispatch.engines.temporal._fence import FenceActivities
 from jobkit_dispatch.engines.temporal._model import SLOT_SIGNAL, TERMINATION_KEY, ErrorState
 from jobkit_dispatch.engines.temporal._slots import SlotPool, register_pool, unregister_pool
 from jobkit_dispatch.engines.temporal._steps import remember_worker_modules
@@ -88,18 +89,21 @@ async def serve(
     queue_registry: QueueRegistry = default_queues,
     on_started: Callable[[], None] | None = None,
     unknown_job_grace: float | None = None,
+    settings: JobkitSettings | None = None,
     **worker_options: Any,
 ) -> None:
     """Serve `queues` until `stop` is set, then shut down gracefully.
 
     A job this worker does not know is left to a worker that knows it for
     `unknown_job_grace` seconds (default: the setting) before it fails (`_unknown`).
-    `worker_options` go to every temporalio `Worker` (e.g. `max_cached_workflows`).
+    `settings` name the queue Redis, for jobs that must settle with RQ before they run
+    (`_fence`; default: the process's settings). `worker_options` go to every temporalio
+    `Worker` (e.g. `max_cached_workflows`).
     """
     loop = asyncio.get_running_loop()
     remember_worker_modules()
     if unknown_job_grace is None:
-        unknown_job_grace = get_settings().unknown_job_grace
+        unknown_job_grace = (settings or get_settings()).unknown_job_grace
     task_queues = [f"{task_queue_prefix}{queue_registry.get(name).name}" for name in queues]
     for task_queue in task_queues:
         serve_task_queue(task_queue, unknown_job_grace, partial(terminate_with, client), loop)
@@ -107,6 +111,7 @@ async def serve(
     workers: list[Worker] = []
     pools: list[SlotPool] = []
     watchdogs: list[ActivationWatchdog] = []
+    fence = FenceActivities(settings)
 
     async def nudge(job_id: str) -> None:
         await client.get_workflow_handle(job_id).signal(SLOT_SIGNAL)
@@ -125,7 +130,7 @@ async def serve(
                     client,
                     task_queue=f"{task_queue_prefix}{spec.name}",
                     workflows=[JobWorkflow],
-                    activities=[run_step, SlotActivities(pool).acquire_slot],
+                    activities=[run_step, SlotActivities(pool).acquire_slot, fence.fence_rq],
                     workflow_runner=runner,
                     **options,
                 )
@@ -249,6 +254,7 @@ async def _main(
         concurrency=concurrency,
         modules=modules,
         unknown_job_grace=settings.unknown_job_grace,
+        settings=settings,
         **worker_options,
     )
 
@@ -325,6 +331,7 @@ class BackgroundWorker:
             task_queue_prefix=self.engine.task_queue_prefix,
             concurrency=self._concurrency,
             on_started=self._started.set,
+            settings=self.engine.settings,
             **self._options,
         )
 

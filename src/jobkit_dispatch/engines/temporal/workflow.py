@@ -30,6 +30,7 @@ from temporalio.workflow import ActivityCancellationType
 
 from jobkit.errors import HistoryLimitError
 from jobkit.queues import default_queues
+from jobkit_dispatch.engines.temporal._fence import settle_with_rq
 from jobkit_dispatch.engines.temporal._guard import HistoryGuard
 from jobkit_dispatch.engines.temporal._job_slot import JobSlot
 from jobkit_dispatch.engines.temporal._model import (
@@ -218,6 +219,8 @@ class JobWorkflow:
             failed = self._settle(unknown)
             assert isinstance(failed, Finish)
             return self._finish(failed)
+        if job.fence_rq and not await self._fence_rq(job):
+            return None
         definition = (
             default_registry.get(job.job_name) if job.job_name in default_registry else None
         )
@@ -241,6 +244,19 @@ class JobWorkflow:
                 decision = self._settle(stopped)
                 assert isinstance(decision, Finish)  # cancelled, or failed for good
                 return self._finish(decision)
+
+    async def _fence_rq(self, job: JobInput) -> bool:
+        """Settle with the copy of this job RQ may hold, before any job code runs. True:
+        the job is this workflow's to run. False: an RQ worker had it first; this run ends
+        without running it, and `get_job` reports RQ's job. A job cancelled meanwhile ends
+        cancelled here once RQ's copy is settled."""
+        owner, cancelled = await settle_with_rq(workflow.info().workflow_id, job.reason)
+        self._set(fencing=None, moved_to="rq" if owner == "rq" else None)
+        if cancelled or owner == "rq":
+            self._flush()
+        if cancelled:
+            raise asyncio.CancelledError()
+        return owner != "rq"
 
     async def _execute(self, job: JobInput, attempt: int, in_slot: bool) -> Outcome:
         """One execution of the handler, in a slot of its queue when `in_slot`.
