@@ -7,9 +7,13 @@ while a copy may sit in Redis; every job's side effect is counted to show it run
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
+import socket
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,8 +24,8 @@ import pytest
 pytest.importorskip("temporalio")
 
 from jobkit import JobkitSettings
-from jobkit_dispatch import Dispatcher, set_dispatcher
-from jobkit_dispatch.conformance._files import count
+from jobkit_dispatch import Dispatched, Dispatcher, set_dispatcher
+from jobkit_dispatch.conformance._files import count, open_gate
 from jobkit_dispatch.engines.rq.scripts import ENQUEUE
 from jobkit_dispatch.engines.temporal import TemporalEngine
 from jobkit_dispatch.testing import RedisServer, wait_for_job
@@ -85,7 +89,11 @@ def redis_server() -> Iterator[RedisServer]:
 
 @contextmanager
 def running_stack(
-    redis_url: str, server: RedisServer, temporal: TemporalDevServer, tmp_path: Path
+    redis_url: str,
+    server: RedisServer,
+    temporal: TemporalDevServer,
+    tmp_path: Path,
+    queues: tuple[str, ...] = ("rq-messages",),
 ) -> Iterator[Stack]:
     """A dispatcher on `redis_url`, an RQ worker and a Temporal worker (in this process, on
     the dispatcher's settings). `get_job` reads through a second dispatcher that talks to
@@ -96,10 +104,10 @@ def running_stack(
     assert isinstance(engine, TemporalEngine)
     previous = set_dispatcher(reader)
     rq_worker = WorkerProcess(
-        server.url, ["rq-messages"], ["tests.rq_jobs"], env=FAST, log_path=tmp_path / "rq.log"
+        server.url, queues, ["tests.rq_jobs"], env=FAST, log_path=tmp_path / "rq.log"
     ).start()
     try:
-        with engine.start_worker(["rq-messages"], concurrency=8):
+        with engine.start_worker(queues, concurrency=8):
             yield Stack(dispatcher, server, rq_worker)
     finally:
         rq_worker.stop()
@@ -139,3 +147,125 @@ def test_a_lost_enqueue_reply_never_runs_a_job_twice(
     assert not twice, f"ran twice: {twice}"
     assert not never, f"never ran: {never}"
     assert all(info.status == JobStatus.SUCCEEDED for info in infos.values())
+
+
+# -- idempotency keys: the engine that takes the job settles the key -----------------------
+
+
+@contextmanager
+def hung_temporal() -> Iterator[str]:
+    """The address of a "Temporal" that accepts connections and never answers."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+def rq_worker(server: RedisServer, tmp_path: Path, *queues: str) -> WorkerProcess:
+    log = tmp_path / f"rq-{uuid.uuid4().hex[:6]}.log"
+    return WorkerProcess(server.url, list(queues), ["tests.rq_jobs"], env=FAST, log_path=log)
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_an_idempotent_dispatch_rq_takes_never_waits_for_a_hung_temporal(
+    redis_server: RedisServer, tmp_path: Path, flavour: str
+) -> None:
+    workdir = str(tmp_path)
+    payload = {"workdir": workdir, "name": "keyed"}
+    with hung_temporal() as address, rq_worker(redis_server, tmp_path, "rq-messages"):
+        dispatcher = Dispatcher(settings=settings(redis_server.url, address))
+        previous = set_dispatcher(dispatcher)
+        try:
+
+            def send() -> Dispatched:
+                if flavour == "sync":
+                    return dispatcher.dispatch(rq_jobs.count_slowly, payload, idempotency_key="k")
+                coro = dispatcher.adispatch(rq_jobs.count_slowly, payload, idempotency_key="k")
+                return asyncio.run(coro)
+
+            started = time.monotonic()
+            sent = [send() for _ in range(3)]
+            elapsed = time.monotonic() - started
+            info = wait_for_job(sent[0].job_id)
+        finally:
+            set_dispatcher(previous)
+            dispatcher.close()
+    assert [(d.engine, d.created) for d in sent] == [("rq", True), ("rq", False), ("rq", False)]
+    assert len({d.job_id for d in sent}) == 1
+    assert elapsed < 1.0, f"three dispatches took {elapsed:.1f}s: Temporal was asked"
+    assert (info.status, info.engine) == (JobStatus.SUCCEEDED, "rq")
+    assert count(workdir, "keyed") == 1
+
+
+def test_a_key_already_on_temporal_is_not_created_again_on_rq(
+    redis_server: RedisServer, jobkit_temporal_server: TemporalDevServer, tmp_path: Path
+) -> None:
+    workdir = str(tmp_path)
+    payload = {"workdir": workdir, "name": "keyed"}
+    first_dispatcher = Dispatcher(
+        settings=settings(redis_server.url, jobkit_temporal_server.address)
+    )
+    engine = first_dispatcher.engine("temporal")
+    assert isinstance(engine, TemporalEngine)
+    previous = set_dispatcher(first_dispatcher)
+    try:
+        with engine.start_worker(["rq-messages"]):
+            # No RQ worker: the job goes to Temporal, and runs there.
+            first = first_dispatcher.dispatch(rq_jobs.count_slowly, payload, idempotency_key="k")
+            assert (first.engine, first.created) == ("temporal", True)
+            assert wait_for_job(first.job_id, timeout=20).status == JobStatus.SUCCEEDED
+        # Now RQ can take jobs, and Temporal hangs: the key must still name the first job.
+        with rq_worker(redis_server, tmp_path, "rq-messages"), hung_temporal() as address:
+            second_dispatcher = Dispatcher(settings=settings(redis_server.url, address))
+            again = second_dispatcher.dispatch(rq_jobs.count_slowly, payload, idempotency_key="k")
+            second_dispatcher.close()
+            # a job the RQ worker would take now, to show it had the chance to run a copy
+            other = first_dispatcher.dispatch(rq_jobs.count_slowly, {**payload, "name": "other"})
+            assert wait_for_job(other.job_id).engine == "rq"
+        info = wait_for_job(first.job_id)
+    finally:
+        set_dispatcher(previous)
+        first_dispatcher.close()
+    assert (again.job_id, again.engine, again.created) == (first.job_id, "temporal", False)
+    assert again.reason == first.reason == "no-live-worker: rq-messages"
+    assert (info.status, info.engine) == (JobStatus.SUCCEEDED, "temporal")
+    assert count(workdir, "keyed") == 1
+
+
+@pytest.mark.slow
+def test_a_keyed_job_that_fell_back_while_redis_was_down_waits_for_redis_and_runs_once(
+    redis_server: RedisServer, jobkit_temporal_server: TemporalDevServer, tmp_path: Path
+) -> None:
+    """Two keyed jobs wait on RQ behind a busy worker when Redis dies; dispatched again, they
+    go to Temporal, which cannot know RQ has them: they wait for Redis. One is cancelled
+    meanwhile. Redis comes back (AOF): the RQ copies are withdrawn, one job runs on Temporal,
+    the cancelled one nowhere."""
+    workdir = str(tmp_path)
+    with running_stack(
+        redis_server.url, redis_server, jobkit_temporal_server, tmp_path, ("rq-shutdown",)
+    ) as stack:
+        dispatcher = stack.dispatcher
+        busy = dispatcher.dispatch(rq_jobs.held, {"workdir": workdir, "gate": "busy"})
+        wait_for_job(busy.job_id, lambda i: i.status == JobStatus.RUNNING)
+        keyed = {"workdir": workdir, "gate": "go"}
+        first = [dispatcher.dispatch(rq_jobs.held, keyed, idempotency_key=k) for k in "ab"]
+        assert [d.engine for d in first] == ["rq", "rq"]  # queued behind `busy`
+        redis_server.stop(kill=True)
+        # A job without a key cannot be on RQ: it runs on Temporal at once, Redis or not.
+        plain = dispatcher.dispatch(rq_jobs.held, {"workdir": workdir, "gate": "plain"})
+        open_gate(workdir, "plain")
+        assert wait_for_job(plain.job_id, timeout=20).status == JobStatus.SUCCEEDED
+        again = [dispatcher.dispatch(rq_jobs.held, keyed, idempotency_key=k) for k in "ab"]
+        assert [(d.engine, d.job_id) for d in again] == [("temporal", d.job_id) for d in first]
+        assert dispatcher.cancel(again[1].job_id) is True  # only Temporal answers now
+        open_gate(workdir, "go")
+        redis_server.start()  # the AOF brings back both RQ copies, still queued
+        ran = wait_for_job(again[0].job_id, timeout=30)
+        cancelled = wait_for_job(again[1].job_id, timeout=30)
+        open_gate(workdir, "busy")
+        assert wait_for_job(busy.job_id, timeout=20).status == JobStatus.SUCCEEDED
+        retried = dispatcher.dispatch(rq_jobs.held, keyed, idempotency_key="a")
+    assert (ran.status, ran.engine) == (JobStatus.SUCCEEDED, "temporal")
+    assert (cancelled.status, cancelled.engine) == (JobStatus.CANCELLED, "temporal")
+    # busy, plain and the keyed job "a", once each
+    assert count(workdir, "first") == 3, "a keyed job ran twice, or the cancelled one ran"
+    assert count(workdir, "second") == 3
+    assert (retried.engine, retried.created) == ("temporal", False)
