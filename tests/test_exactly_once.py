@@ -136,16 +136,17 @@ def test_a_lost_enqueue_reply_never_runs_a_job_twice(
     runs = {name: count(workdir, name) for name, _ in sent}
     twice = sorted(name for name, n in runs.items() if n > 1)
     never = sorted(name for name, n in runs.items() if n == 0)
-    lost = [d for _, d in sent if "Timeout reading" in d.reason and "circuit" not in d.reason]
+    lost = [d for _, d in sent if d.reason.endswith("(the enqueue may have been applied)")]
     print(
         f"{len(sent)} dispatches, {lose.lost} enqueue replies lost, "
         f"{len(twice)} ran twice, {len(never)} never ran; of the lost ones, "
         f"{sum(infos[d.job_id].engine == 'rq' for d in lost)} ran on RQ, "
         f"{sum(infos[d.job_id].engine == 'temporal' for d in lost)} on Temporal"
     )
-    assert lose.lost >= 5 and len(lost) >= 5, "the fault was not injected"
+    assert lose.lost >= 5, "the fault was not injected"
     assert not twice, f"ran twice: {twice}"
     assert not never, f"never ran: {never}"
+    assert len(lost) >= lose.lost, "a lost reply was not reported as such"
     assert all(info.status == JobStatus.SUCCEEDED for info in infos.values())
 
 

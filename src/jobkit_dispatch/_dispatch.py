@@ -402,4 +402,5 @@ def _missed(name: str, exc: EngineUnavailableError, causes: dict[str, str], held
     """Note why engine `name` did not take the job, and whether it may hold it anyway."""
     causes[name] = str(exc)
     if exc.outcome_unknown:
+        causes[name] += " (the enqueue may have been applied)"
         held.add(name)
