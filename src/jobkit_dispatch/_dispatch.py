@@ -247,11 +247,10 @@ class Dispatcher:
         return None if (request.delay or request.run_at) else timeout
 
     def _hand_over(self, request: JobRequest, engine: Engine) -> Dispatched:
-        """Where a job that `engine` just took runs. An idempotent job that an engine
-        before it may hold: when that engine answers now, it is told at once (a repeat
-        dispatch there then returns this job), or says it already ran the job — then that
-        is the job. The engine's own fence (Temporal's) settles the same copies before the
-        job runs, whatever happens here; this only makes the answer right sooner."""
+        """Tell the engines before `engine` that may hold this idempotent job that `engine`
+        has it (a repeat dispatch there then returns it), or learn that one of them already
+        ran it: then that is the job. The fence settles the same copies before the job
+        runs in any case; this makes the answer right sooner, when they answer now."""
         taken = Dispatched(request.job_id, engine.name, request.reason)
         if request.idempotency_key is None:
             return taken  # a lost reply: that engine is sick; the fence waits for it
@@ -275,9 +274,7 @@ class Dispatcher:
         pickup_timeout: float | object | None = _SETTING,
         **options: Any,
     ) -> Dispatched:
-        """Enqueue on the first engine that takes the job (see docs/dispatch.md). An
-        idempotency key is settled by the engines themselves: none is asked beyond the
-        one that takes the job."""
+        """Enqueue on the first engine that takes the job; see docs/dispatch.md."""
         request = self.prepare(job, payload, **options)
         causes: dict[str, str] = {}
         held: set[str] = set()
