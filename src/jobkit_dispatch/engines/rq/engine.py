@@ -160,8 +160,7 @@ class RQEngine(EngineBase):
     def fence(self, job_id: str, engine: str, reason: str) -> Fenced:
         """Hand the job over to `engine`, which holds a copy of it, unless a worker here
         has had it (see `scripts.FENCE`): from then on exactly one engine runs it."""
-        if not self.breaker.allow():
-            raise EngineUnavailableError(f"redis-unhealthy: {self.breaker.last_failure}")
+        self._refuse_if_open()
         args = [
             job_id,
             engine,
