@@ -16,16 +16,18 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+import redis
 
 pytest.importorskip("temporalio")
 
 from jobkit import JobkitSettings
 from jobkit_dispatch import Dispatched, Dispatcher, set_dispatcher
 from jobkit_dispatch.conformance._files import count, open_gate
+from jobkit_dispatch.engines import JobRequest
 from jobkit_dispatch.engines.rq.scripts import ENQUEUE
 from jobkit_dispatch.engines.temporal import TemporalEngine
 from jobkit_dispatch.testing import RedisServer, wait_for_job
@@ -34,6 +36,7 @@ from jobkit_dispatch.testing.temporal_server import TemporalDevServer
 from jobkit_engine import JobStatus
 from tests import rq_jobs
 from tests.lossy_proxy import LossyProxy
+from tests.waiting import eventually
 
 FAST = {"JOBKIT_WORKER_HEARTBEAT": "0.3"}
 ENQUEUE_SHA = hashlib.sha1(ENQUEUE.encode()).hexdigest().encode()
@@ -133,10 +136,14 @@ def test_a_lost_enqueue_reply_never_runs_a_job_twice(
             payload = {"workdir": workdir, "name": name, "nap": 0.15}
             sent.append((name, stack.dispatcher.dispatch(rq_jobs.count_slowly, payload)))
         infos = {d.job_id: wait_for_job(d.job_id, timeout=60) for _, d in sent}
+        lost = [d for _, d in sent if d.reason.endswith("(the enqueue may have been applied)")]
+        temporal = stack.dispatcher.engine("temporal")
+        for d in lost:
+            if infos[d.job_id].engine == "rq":  # RQ had it first: Temporal's run is not the job
+                eventually(lambda d=d: temporal.get(d.job_id) is None)
     runs = {name: count(workdir, name) for name, _ in sent}
     twice = sorted(name for name, n in runs.items() if n > 1)
     never = sorted(name for name, n in runs.items() if n == 0)
-    lost = [d for _, d in sent if d.reason.endswith("(the enqueue may have been applied)")]
     print(
         f"{len(sent)} dispatches, {lose.lost} enqueue replies lost, "
         f"{len(twice)} ran twice, {len(never)} never ran; of the lost ones, "
@@ -270,3 +277,52 @@ def test_a_keyed_job_that_fell_back_while_redis_was_down_waits_for_redis_and_run
     assert count(workdir, "first") == 3, "a keyed job ran twice, or the cancelled one ran"
     assert count(workdir, "second") == 3
     assert (retried.engine, retried.created) == ("temporal", False)
+
+
+@pytest.mark.parametrize("rq_copy", ["queued", "started"])
+def test_a_fenced_temporal_job_settles_with_rqs_copy_before_it_runs(
+    redis_server: RedisServer,
+    jobkit_temporal_server: TemporalDevServer,
+    tmp_path: Path,
+    rq_copy: str,
+) -> None:
+    """RQ holds a copy (no RQ worker here; "started" is what START leaves). Queued: the
+    fence withdraws it and the job runs on Temporal. Started: the Temporal run ends without
+    running the handler, and only RQ's job is reported."""
+    workdir = str(tmp_path)
+    dispatcher = Dispatcher(settings=settings(redis_server.url, jobkit_temporal_server.address))
+    rq, temporal = dispatcher.engine("rq"), dispatcher.engine("temporal")
+    assert isinstance(temporal, TemporalEngine)
+    request = JobRequest(
+        job_id=uuid.uuid4().hex,
+        job_name=rq_jobs.count_slowly.name,
+        payload={"workdir": workdir, "name": "fenced"},
+        queue="rq-messages",
+        reason="rq",
+    )
+    assert rq.enqueue(request) is True
+    if rq_copy == "started":
+        client = redis.Redis.from_url(redis_server.url)
+        client.hset(f"rq:job:{request.job_id}", mapping={"status": "started", "jk_started_at": 1})
+        client.close()
+    fenced = replace(request, reason="lost reply", fence=frozenset({"rq"}))
+    previous = set_dispatcher(dispatcher)
+    try:
+        with temporal.start_worker(["rq-messages"]):
+            assert temporal.enqueue(fenced) is True
+            if rq_copy == "queued":
+                info = wait_for_job(request.job_id, timeout=20)
+                assert (info.status, info.engine, info.reason) == (
+                    JobStatus.SUCCEEDED,
+                    "temporal",
+                    "lost reply",
+                )
+                assert count(workdir, "fenced") == 1
+            else:
+                eventually(lambda: temporal.get(request.job_id) is None, 20)  # the run ended
+                info = dispatcher.get(request.job_id)
+                assert (info.status, info.engine) == (JobStatus.RUNNING, "rq")
+                assert count(workdir, "fenced") == 0  # Temporal never ran the handler
+    finally:
+        set_dispatcher(previous)
+        dispatcher.close()
