@@ -254,11 +254,10 @@ class Dispatcher:
         taken = Dispatched(request.job_id, engine.name, request.reason)
         if request.idempotency_key is None:
             return taken  # a lost reply: that engine is sick; the fence waits for it
-        for name in sorted(request.fence):
-            other = self.engine(name)
+        for other in map(self.engine, sorted(request.fence)):
             if not isinstance(other, Fences):
                 continue
-            try:
+            try:  # an engine that cannot answer now is left to the fence
                 fenced = other.fence(request.job_id, engine.name, request.reason)
             except EngineUnavailableError:
                 continue
@@ -274,7 +273,6 @@ class Dispatcher:
         pickup_timeout: float | object | None = _SETTING,
         **options: Any,
     ) -> Dispatched:
-        """Enqueue on the first engine that takes the job; see docs/dispatch.md."""
         request = self.prepare(job, payload, **options)
         causes: dict[str, str] = {}
         held: set[str] = set()
