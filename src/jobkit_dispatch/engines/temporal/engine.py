@@ -23,8 +23,7 @@ from temporalio.client import (
     WorkflowFailureError,
     WorkflowHandle,
 )
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import TerminatedError, WorkflowAlreadyStartedError
+from temporalio.exceptions import TerminatedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from jobkit.circuit import CircuitBreaker
@@ -45,6 +44,7 @@ from jobkit_dispatch.engines.temporal._model import (
     JobInput,
     JobState,
 )
+from jobkit_dispatch.engines.temporal._starts import StartGate
 from jobkit_engine import JobError, JobInfo, JobStatus
 from jobkit_engine.runtime import DEFAULT_MAX_BYTES
 
@@ -82,6 +82,8 @@ class TemporalEngine(EngineBase):
         step_heartbeat_timeout: Duration | None = 30.0,
         connect_timeout: float = 2.0,
         rpc_timeout: float = 5.0,
+        start_timeout: float = 30.0,
+        max_starts_in_flight: int = 128,
         circuit_cool_down: float = 5.0,
         max_payload_bytes: int = DEFAULT_MAX_BYTES,
         history_warn_events: int = HISTORY_WARN_EVENTS,
@@ -111,6 +113,10 @@ class TemporalEngine(EngineBase):
             connect_timeout=connect_timeout,
             rpc_timeout=rpc_timeout,
             cool_down=circuit_cool_down,
+        )
+        # Starts: at most so many in flight, each tried within `start_timeout` (`_starts`).
+        self._starts = StartGate(
+            address, limit=max_starts_in_flight, timeout=start_timeout, rpc_timeout=rpc_timeout
         )
         self._workers: list[BackgroundWorker] = []
         _process.track(self)  # a fork and the process's exit
@@ -151,7 +157,8 @@ class TemporalEngine(EngineBase):
 
     def enqueue(self, request: JobRequest) -> bool:
         with self._connection.call():
-            return self._loop.run(self._enqueue(request), self._sync_timeout)
+            timeout = self.connect_timeout + self._starts.timeout + 1.0
+            return self._loop.run(self._enqueue(request), timeout)
 
     async def aenqueue(self, request: JobRequest) -> bool:
         with self._connection.call():
@@ -237,28 +244,11 @@ class TemporalEngine(EngineBase):
             fence_rq="rq" in request.fence,
         )
         try:
-            await client.start_workflow(
-                WORKFLOW_NAME,
-                job,
-                id=request.job_id,
-                task_queue=self.task_queue(request.queue),
-                # One run per job id, ever: a repeat, or a dispatch after the job ended, is
-                # a no-op.
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                start_delay=delay,
-                memo=JobState.initial(job).memo(),
-                static_summary=request.job_name,
-                # With a worker of this client in this process, the server hands it the
-                # first workflow task in the reply: one round trip less.
-                request_eager_start=delay is None,
-                rpc_timeout=self._rpc_timeout,
+            return await self._starts.start_job(
+                client, job, request.job_id, self.task_queue(request.queue), delay
             )
-        except WorkflowAlreadyStartedError:
-            return False
         except RPCError as exc:
             raise self._unavailable(exc) from exc
-        return True
 
     async def _describe(self, job_id: str) -> WorkflowExecutionDescription | None:
         client = await self.client()
