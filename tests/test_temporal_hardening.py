@@ -129,8 +129,11 @@ async def lingers(ctx: JobContext, payload: Work) -> str:
 
 @pytest.fixture(scope="module")
 def engine(jobkit_temporal_server: TemporalDevServer) -> Iterator[TemporalEngine]:
-    # The default step heartbeat timeout (30 s): cancellation must not wait for it.
-    engine = TemporalEngine(jobkit_temporal_server.address, task_queue_prefix=PREFIX)
+    # A long step heartbeat timeout (30 s), so that temporalio's default heartbeat throttle
+    # (80% of it, 24 s) would miss the cancellation test's deadline: it must not wait for it.
+    engine = TemporalEngine(
+        jobkit_temporal_server.address, task_queue_prefix=PREFIX, step_heartbeat_timeout=30.0
+    )
     with engine.start_worker([QUEUE]), use_engine(engine):
         yield engine
     engine.close()

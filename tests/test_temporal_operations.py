@@ -7,6 +7,8 @@ mid-step, against a real dev server and real `jobkit worker --engine temporal` p
 - A start that the server applied but whose reply was lost is retried and counts as
   created by its dispatch, not as a job that existed.
 - A silent server is not waited for: a burst fails after one RPC timeout.
+- A worker killed with SIGKILL while a step runs: another worker finishes the job within
+  30 s of the kill (before: 36 s), and the step ran at most twice.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ from typing import Any
 import pytest
 
 from jobkit_dispatch import adispatch_job, dispatch_job, get_job
+from jobkit_dispatch.conformance._files import count, open_gate
 from jobkit_dispatch.engines import JobRequest
 from jobkit_dispatch.testing import use_engine, wait_for_job
 from jobkit_dispatch.testing.temporal_server import TemporalDevServer
 from jobkit_engine import JobStatus
-from tests.temporal_ops_jobs import BURST_QUEUE, echo_job
+from tests.temporal_ops_jobs import BURST_QUEUE, KILL_QUEUE, echo_job, hold_job
 from tests.waiting import eventually
 
 pytest.importorskip("temporalio")
@@ -230,3 +233,27 @@ def test_a_silent_server_fails_a_burst_after_one_rpc_timeout(
     assert all(isinstance(r, EngineUnavailableError) for r in results), results
     # Ten rounds of four starts would take ten RPC timeouts; the start timeout, 30 s.
     assert took < 5, took
+
+
+# -- a killed worker -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_job_whose_worker_is_killed_mid_step_is_finished_by_another_within_30_s(
+    jobkit_temporal_server: TemporalDevServer, engine: TemporalEngine, prefix: str, workdir: str
+) -> None:
+    with workers(jobkit_temporal_server, prefix, KILL_QUEUE, 2) as (first, second):
+        d = dispatch_job(hold_job, {"workdir": workdir})
+        eventually(lambda: count(workdir, "hold") == 1, 30)
+        killed, other = (first, second) if count(workdir, f"hold-{first.pid}") else (second, first)
+        os.kill(killed.pid, signal.SIGKILL)
+        stopped = time.monotonic()
+        open_gate(workdir, "release")  # the step's next run ends at once
+        info = wait_for_job(d.job_id, timeout=60)
+        recovery = time.monotonic() - stopped
+    print(f"recovered {recovery:.1f} s after the kill")
+    assert info.status == JobStatus.SUCCEEDED, info
+    assert info.result == other.pid
+    assert count(workdir, "hold") == 2  # at-least-once: the killed run, then one more
+    assert count(workdir, f"hold-{other.pid}") == 1
+    assert recovery < 30, f"the job was finished {recovery:.1f} s after its worker was killed"

@@ -50,6 +50,16 @@ NONDETERMINISM_ERROR = "NondeterminismError"
 HISTORY_WARN_EVENTS = 10_240
 HISTORY_LIMIT_EVENTS = 40_000
 
+STEP_HEARTBEAT_TIMEOUT = 10.0
+"""Seconds without a heartbeat after which a running step's worker counts as lost and the
+step runs again on another worker: a killed worker's job is finished elsewhere some 11 s
+later (this, the step retry's 1 s backoff, and at most the worker's 10 s sticky queue
+timeout should the server still route the job's next workflow task to the dead worker).
+It costs no traffic: a running step heartbeats about once a second anyway (the worker's
+heartbeat throttle, which is how a cancellation reaches it), whatever the timeout. It only
+bounds how long a worker whose event loop stalls (an `async` step that blocks) is trusted;
+past it, the step runs a second time elsewhere."""
+
 # Temporal refuses a memo past 32 KB (and a refused memo update fails the workflow task
 # over and over), so what users write into it is cut to size.
 _MESSAGE_LIMIT = 2000
@@ -75,7 +85,8 @@ class JobInput(BaseModel):
     created_at: datetime
     scheduled_for: datetime | None = None
     sleep_threshold: float = 5.0  # seconds; longer sleeps free the job's slot
-    step_heartbeat_timeout: float | None = 30.0  # seconds; how soon a lost worker is noticed
+    # Seconds: how soon a lost worker is noticed.
+    step_heartbeat_timeout: float | None = STEP_HEARTBEAT_TIMEOUT
     max_payload_bytes: int = DEFAULT_MAX_BYTES  # the JSON size limit of steps and the result
     history_warn_events: int = HISTORY_WARN_EVENTS  # log a warning once past this
     history_limit_events: int = HISTORY_LIMIT_EVENTS  # fail the job before a step past this
