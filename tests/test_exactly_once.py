@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import logging
 import socket
 import threading
 import time
@@ -25,7 +26,7 @@ import redis
 pytest.importorskip("temporalio")
 
 from jobkit import JobkitSettings
-from jobkit_dispatch import Dispatched, Dispatcher, set_dispatcher
+from jobkit_dispatch import Dispatched, Dispatcher, idempotent_job_id, set_dispatcher
 from jobkit_dispatch.conformance._files import count, open_gate
 from jobkit_dispatch.engines import JobRequest
 from jobkit_dispatch.engines.rq.scripts import ENQUEUE
@@ -238,45 +239,109 @@ def test_a_key_already_on_temporal_is_not_created_again_on_rq(
     assert count(workdir, "keyed") == 1
 
 
-@pytest.mark.slow
-def test_a_keyed_job_that_fell_back_while_redis_was_down_waits_for_redis_and_runs_once(
-    redis_server: RedisServer, jobkit_temporal_server: TemporalDevServer, tmp_path: Path
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_key_an_rq_worker_started_is_returned_when_rq_has_no_worker_now(
+    redis_server: RedisServer, tmp_path: Path, flavour: str
 ) -> None:
-    """Two keyed jobs wait on RQ behind a busy worker when Redis dies; dispatched again, they
-    go to Temporal, which cannot know RQ has them: they wait for Redis. One is cancelled
-    meanwhile. Redis comes back (AOF): the RQ copies are withdrawn, one job runs on Temporal,
-    the cancelled one nowhere."""
-    workdir = str(tmp_path)
+    """RQ answers but has no live worker, so the job would go to Temporal (here hung): the
+    dispatcher first asks RQ about the key, finds the job an RQ worker started, and
+    returns it; Temporal is never asked, and nothing runs a second time."""
+    payload = {"workdir": str(tmp_path), "name": "keyed"}
+    job_id = idempotent_job_id(rq_jobs.count_slowly.name, "k")
+    with hung_temporal() as address:
+        dispatcher = Dispatcher(settings=settings(redis_server.url, address))
+        rq = dispatcher.engine("rq")
+        request = JobRequest(job_id, rq_jobs.count_slowly.name, payload, "rq-messages")
+        assert rq.enqueue(replace(request, reason="rq")) is True
+        client = redis.Redis.from_url(redis_server.url)
+        client.hset(f"rq:job:{job_id}", mapping={"status": "started", "jk_started_at": 1})
+        client.close()
+        try:
+            started = time.monotonic()
+            if flavour == "sync":
+                again = dispatcher.dispatch(rq_jobs.count_slowly, payload, idempotency_key="k")
+            else:
+                send = dispatcher.adispatch(rq_jobs.count_slowly, payload, idempotency_key="k")
+                again = asyncio.run(send)
+            elapsed = time.monotonic() - started
+        finally:
+            dispatcher.close()
+    assert (again.job_id, again.engine, again.reason, again.created) == (job_id, "rq", "rq", False)
+    assert elapsed < 1.0, f"the dispatch took {elapsed:.1f}s: Temporal was asked"
+
+
+def warned_twice(records: list[logging.LogRecord], job_id: str) -> bool:
+    return any("ran on both RQ and Temporal" in r.getMessage() and job_id in r.getMessage()
+               for r in records)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_keyed_jobs_run_at_once_while_redis_is_down_and_rq_is_told_once_it_is_back(
+    redis_server: RedisServer,
+    jobkit_temporal_server: TemporalDevServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before the outage, key "started" runs on RQ's one worker (held at a gate) and key
+    "queued" waits behind it. Redis dies. Dispatched again, with a new key "new", they run
+    on Temporal at once and succeed while Redis is still down. Redis comes back (AOF):
+    the queued copy is withdrawn and never runs, RQ's markers say where the jobs are, and
+    a repeat dispatch returns the Temporal job. "started" ran on both engines (the
+    outage's price): that is logged."""
+    caplog.set_level(logging.WARNING, logger="temporalio.workflow")
+    dirs = {key: tmp_path / key for key in ("started", "queued", "new", "later")}
+    for path in dirs.values():
+        path.mkdir()
+        open_gate(str(path), "go")
+
+    def send(key: str, gate: str = "go") -> Dispatched:
+        work = {"workdir": str(dirs[key]), "gate": gate}
+        return stack.dispatcher.dispatch(rq_jobs.held, work, idempotency_key=key)
+
     with running_stack(
         redis_server.url, redis_server, jobkit_temporal_server, tmp_path, ("rq-shutdown",)
     ) as stack:
-        dispatcher = stack.dispatcher
-        busy = dispatcher.dispatch(rq_jobs.held, {"workdir": workdir, "gate": "busy"})
-        wait_for_job(busy.job_id, lambda i: i.status == JobStatus.RUNNING)
-        keyed = {"workdir": workdir, "gate": "go"}
-        first = [dispatcher.dispatch(rq_jobs.held, keyed, idempotency_key=k) for k in "ab"]
-        assert [d.engine for d in first] == ["rq", "rq"]  # queued behind `busy`
+        started = send("started", gate="rq")
+        wait_for_job(started.job_id, lambda i: i.status == JobStatus.RUNNING)
+        before = [started, send("queued")]
+        assert [d.engine for d in before] == ["rq", "rq"]
         redis_server.stop(kill=True)
-        # A job without a key cannot be on RQ: it runs on Temporal at once, Redis or not.
-        plain = dispatcher.dispatch(rq_jobs.held, {"workdir": workdir, "gate": "plain"})
-        open_gate(workdir, "plain")
-        assert wait_for_job(plain.job_id, timeout=20).status == JobStatus.SUCCEEDED
-        again = [dispatcher.dispatch(rq_jobs.held, keyed, idempotency_key=k) for k in "ab"]
-        assert [(d.engine, d.job_id) for d in again] == [("temporal", d.job_id) for d in first]
-        assert dispatcher.cancel(again[1].job_id) is True  # only Temporal answers now
-        open_gate(workdir, "go")
-        redis_server.start()  # the AOF brings back both RQ copies, still queued
-        ran = wait_for_job(again[0].job_id, timeout=30)
-        cancelled = wait_for_job(again[1].job_id, timeout=30)
-        open_gate(workdir, "busy")
-        assert wait_for_job(busy.job_id, timeout=20).status == JobStatus.SUCCEEDED
-        retried = dispatcher.dispatch(rq_jobs.held, keyed, idempotency_key="a")
-    assert (ran.status, ran.engine) == (JobStatus.SUCCEEDED, "temporal")
-    assert (cancelled.status, cancelled.engine) == (JobStatus.CANCELLED, "temporal")
-    # busy, plain and the keyed job "a", once each
-    assert count(workdir, "first") == 3, "a keyed job ran twice, or the cancelled one ran"
-    assert count(workdir, "second") == 3
-    assert (retried.engine, retried.created) == ("temporal", False)
+        during = {key: send(key) for key in ("started", "queued", "new")}
+        infos = {key: wait_for_job(d.job_id, timeout=30) for key, d in during.items()}
+        with pytest.raises(redis.ConnectionError):  # it all happened while Redis was down
+            redis.Redis.from_url(redis_server.url).ping()
+        redis_server.start()  # the AOF brings back RQ's copies: one running, one queued
+        client = redis.Redis.from_url(redis_server.url)
+        for key in ("queued", "new"):
+            job_key = f"rq:job:{during[key].job_id}"
+            eventually(lambda k=job_key: client.hget(k, "jk_moved_to") == b"temporal", 30)
+        eventually(lambda: warned_twice(caplog.records, started.job_id), 30)
+        assert client.lpos("rq:queue:rq-shutdown", before[1].job_id) is None  # withdrawn
+        open_gate(str(dirs["started"]), "rq")
+        assert wait_for_job(started.job_id, timeout=30).engine == "rq"
+        # RQ's worker is free: a job dispatched now runs after anything still queued there.
+        assert wait_for_job(send("later").job_id, timeout=30).engine == "rq"
+        again = {key: send(key) for key in ("started", "queued", "new")}
+        temporal = stack.dispatcher.engine("temporal")
+        assert temporal.get(f"{during['new'].job_id}/fence") is None  # not a job
+        client.close()
+    assert {(d.engine, d.reason.split(":")[0], d.created) for d in during.values()} == {
+        ("temporal", "redis-unhealthy", True)
+    }
+    assert [during[k].job_id for k in ("started", "queued")] == [d.job_id for d in before]
+    assert {(i.status, i.engine) for i in infos.values()} == {(JobStatus.SUCCEEDED, "temporal")}
+    assert [(again[k].engine, again[k].created) for k in ("started", "queued", "new")] == [
+        ("rq", False),
+        ("temporal", False),
+        ("temporal", False),
+    ]
+    assert {key: count(str(path), "second") for key, path in dirs.items()} == {
+        "started": 2,  # RQ's run, begun before the outage, and Temporal's
+        "queued": 1,  # Temporal's only: RQ's copy was withdrawn
+        "new": 1,
+        "later": 1,
+    }
+    assert not warned_twice(caplog.records, during["queued"].job_id)
 
 
 @pytest.mark.parametrize("rq_copy", ["queued", "started"])

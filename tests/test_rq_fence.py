@@ -171,6 +171,26 @@ def test_fencing_twice_changes_nothing(engine: RQEngine, client: fakeredis.FakeR
     assert_marker(client, r.job_id)
 
 
+def test_the_holder_is_what_a_fence_would_keep_and_asking_writes_nothing(
+    engine: RQEngine, client: fakeredis.FakeRedis
+) -> None:
+    nothing, queued, started, moved = (request() for _ in range(4))
+    for r in (queued, started, moved):
+        engine.enqueue(r)
+    client.hset(keys.job_key(started.job_id), mapping={"status": "started", "jk_started_at": 1})
+    fence(engine, moved.job_id)
+    before = {r.job_id: client.hgetall(keys.job_key(r.job_id)) for r in (queued, started, moved)}
+    assert engine.holder(nothing.job_id) is None
+    assert engine.holder(queued.job_id) is None  # a fence would withdraw it
+    assert engine.holder(started.job_id) == Fenced("rq", "rq")
+    assert engine.holder(moved.job_id) == MOVED  # the marker's engine and reason
+    assert {
+        r.job_id: client.hgetall(keys.job_key(r.job_id)) for r in (queued, started, moved)
+    } == before
+    assert not client.exists(keys.job_key(nothing.job_id))
+    assert queued.job_id.encode() in client.lrange(Q.queue, 0, -1)
+
+
 def test_a_repeat_of_an_id_on_rq_is_not_created_again(engine: RQEngine) -> None:
     r = request()
     assert engine.enqueue(r) is True

@@ -27,8 +27,9 @@ from jobkit.errors import (
 from jobkit.queues import QueueRegistry, default_queues
 from jobkit.settings import JobkitSettings, get_settings
 from jobkit_dispatch._arguments import checked_at, checked_delay, has_non_finite
+from jobkit_dispatch._copies import Copies, hand_over, held_before, missed
 from jobkit_dispatch.engines import Engine, JobRequest, load_engine
-from jobkit_dispatch.engines.base import Fences, aavailability
+from jobkit_dispatch.engines.base import Fenced, aavailability
 from jobkit_engine import JobDefinition, JobInfo, JobRegistry, default_registry
 from jobkit_engine.runtime import encode
 
@@ -186,13 +187,13 @@ class Dispatcher:
         return idempotent_job_id(job_name, idempotency_key)
 
     def _candidates(
-        self, request: JobRequest, causes: dict[str, str], held: set[str]
+        self, request: JobRequest, causes: dict[str, str], copies: Copies
     ) -> Iterator[tuple[str, Engine, JobRequest]]:
         """Engines that say they can take `request` now (by route name), each with the
         request it gets; why each other engine cannot, in `causes`; which may hold a copy
-        of the job anyway, in `held` (see `_eligible`)."""
+        of the job anyway, in `copies`."""
         for name, reason in self._route():
-            found = self._eligible(name, reason, request, causes, held)
+            found = self._eligible(name, reason, request, causes, copies)
             why = found[0].availability(request) if found and self.falls_back else None
             if found is not None and why is None:
                 yield name, *found
@@ -200,13 +201,13 @@ class Dispatcher:
                 causes[name] = why
 
     async def _acandidates(
-        self, request: JobRequest, causes: dict[str, str], held: set[str]
+        self, request: JobRequest, causes: dict[str, str], copies: Copies
     ) -> AsyncIterator[tuple[str, Engine, JobRequest]]:
         """`_candidates` that never blocks the running loop: an engine is built (imported,
         its client made) in a thread, and so is an availability check that must ask a
         server (`aavailability`)."""
         for name, reason in self._route():
-            args = (name, reason, request, causes, held)
+            args = (name, reason, request, causes, copies)
             if self._built(name) is not None:
                 found = self._eligible(*args)
             else:
@@ -218,52 +219,31 @@ class Dispatcher:
                 causes[name] = why
 
     def _eligible(
-        self, name: str, reason: str, request: JobRequest, causes: dict[str, str], held: set[str]
+        self, name: str, reason: str, request: JobRequest, causes: dict[str, str], copies: Copies
     ) -> tuple[Engine, JobRequest] | None:
         """The engine `name` and the request it gets, if it exists and can honour it. A
-        fallback engine's reason is the cause that sent the job past the engine before,
-        and its fence the engines before that may hold a copy (`held`): one whose enqueue
-        may have been applied unanswered (`_missed`), and, for an idempotency key, every
-        one passed over, where an earlier dispatch of the key may have put the job."""
+        fallback engine's reason is the cause that sent the job past the engine before;
+        its `fence` and `hand_over`, the engines before that may hold a copy (`copies`)."""
         try:
             engine = self.engine(name)
         except ConfigurationError as exc:
             causes[name] = str(exc)
             return None
-        fence = frozenset(held)
+        fence, earlier = copies.fence(), copies.hand_over()
         if request.idempotency_key is not None:
-            held.add(name)
+            copies.earlier.add(name)
         if (request.delay or request.run_at) and not engine.supports_delay:
             causes[name] = "does not support delay= / at="
             return None
         if reason == "fallback" and causes:
             reason = list(causes.values())[-1]
-        return engine, replace(request, reason=reason, fence=fence)
+        return engine, replace(request, reason=reason, fence=fence, hand_over=earlier)
 
     def _pickup_timeout(self, engine: Engine, request: JobRequest, per_call: Any) -> float | None:
         timeout = self.settings.pickup_timeout if per_call is _SETTING else per_call
         if timeout is None or not self.falls_back or not engine.supports_pickup_confirmation:
             return None
         return None if (request.delay or request.run_at) else timeout
-
-    def _hand_over(self, request: JobRequest, engine: Engine) -> Dispatched:
-        """Tell the engines before `engine` that may hold this idempotent job that `engine`
-        has it (a repeat dispatch there then returns it), or learn that one of them already
-        ran it: then that is the job. The fence settles the same copies before the job
-        runs in any case; this makes the answer right sooner, when they answer now."""
-        taken = Dispatched(request.job_id, engine.name, request.reason)
-        if request.idempotency_key is None:
-            return taken  # a lost reply: that engine is sick; the fence waits for it
-        for other in map(self.engine, sorted(request.fence)):
-            if not isinstance(other, Fences):
-                continue
-            try:  # an engine that cannot answer now is left to the fence
-                fenced = other.fence(request.job_id, engine.name, request.reason)
-            except EngineUnavailableError:
-                continue
-            if fenced.engine == other.name:
-                return Dispatched(request.job_id, fenced.engine, fenced.reason, created=False)
-        return taken
 
     def dispatch(
         self,
@@ -275,21 +255,24 @@ class Dispatcher:
     ) -> Dispatched:
         request = self.prepare(job, payload, **options)
         causes: dict[str, str] = {}
-        held: set[str] = set()
-        for name, engine, routed in self._candidates(request, causes, held):
+        copies = Copies()
+        for name, engine, routed in self._candidates(request, causes, copies):
+            if routed.hand_over and (held := held_before(routed, self.engine)):
+                return _already(routed, held)
             try:
                 created = engine.enqueue(routed)
             except JobMovedError as moved:
                 return Dispatched(routed.job_id, moved.engine, moved.reason, created=False)
             except EngineUnavailableError as exc:
-                _missed(name, exc, causes, held)
+                missed(name, exc, causes, copies)
                 continue
             timeout = self._pickup_timeout(engine, routed, pickup_timeout)
             if created and timeout is not None and not engine.confirm_pickup(routed, timeout):  # type: ignore[attr-defined]
                 causes[name] = "pickup-timeout"
                 continue
-            if created and routed.fence:
-                return self._hand_over(routed, engine)
+            settle = created and (routed.fence or routed.hand_over)
+            if settle and (held := hand_over(routed, engine.name, self.engine)):
+                return _already(routed, held)
             return Dispatched(routed.job_id, engine.name, routed.reason, created)
         raise DispatchError(request.job_name, causes)
 
@@ -303,14 +286,18 @@ class Dispatcher:
     ) -> Dispatched:
         request = self.prepare(job, payload, **options)
         causes: dict[str, str] = {}
-        held: set[str] = set()
-        async for name, engine, routed in self._acandidates(request, causes, held):
+        copies = Copies()
+        async for name, engine, routed in self._acandidates(request, causes, copies):
+            if routed.hand_over and (
+                held := await asyncio.to_thread(held_before, routed, self.engine)
+            ):
+                return _already(routed, held)
             try:
                 created = await engine.aenqueue(routed)
             except JobMovedError as moved:
                 return Dispatched(routed.job_id, moved.engine, moved.reason, created=False)
             except EngineUnavailableError as exc:
-                _missed(name, exc, causes, held)
+                missed(name, exc, causes, copies)
                 continue
             timeout = self._pickup_timeout(engine, routed, pickup_timeout)
             if created and timeout is not None:
@@ -318,8 +305,11 @@ class Dispatcher:
                 if not taken:
                     causes[name] = "pickup-timeout"
                     continue
-            if created and routed.fence:
-                return await asyncio.to_thread(self._hand_over, routed, engine)
+            settle = created and (routed.fence or routed.hand_over)
+            if settle and (
+                held := await asyncio.to_thread(hand_over, routed, engine.name, self.engine)
+            ):
+                return _already(routed, held)
             return Dispatched(routed.job_id, engine.name, routed.reason, created)
         raise DispatchError(request.job_name, causes)
 
@@ -393,9 +383,6 @@ def set_dispatcher(dispatcher: Dispatcher | None) -> Dispatcher | None:
     return previous
 
 
-def _missed(name: str, exc: EngineUnavailableError, causes: dict[str, str], held: set[str]) -> None:
-    """Note why engine `name` did not take the job, and whether it may hold it anyway."""
-    causes[name] = str(exc)
-    if exc.outcome_unknown:
-        causes[name] += " (the enqueue may have been applied)"
-        held.add(name)
+def _already(request: JobRequest, held: Fenced) -> Dispatched:
+    """The job that another engine holds for this key: the answer, created earlier."""
+    return Dispatched(request.job_id, held.engine, held.reason, created=False)

@@ -29,12 +29,15 @@ class JobRequest:
     run_at: datetime | None = None  # absolute; at most one of delay / run_at is set
     reason: str = ""
     idempotency_key: str | None = None
-    # Engines tried before this one that may hold a copy of the job under its id: one
-    # whose enqueue may have been applied though its reply was lost, and, for an
-    # idempotency key, one that did not take it (an earlier dispatch may have). An engine
-    # that can settle with such a copy before running the job does (Temporal: a fence
-    # against RQ); see docs/dispatch.md, "Exactly once across engines".
+    # Engines tried before this one that may hold a copy of the job under its id (see
+    # docs/dispatch.md, "Exactly once across engines"). `fence`: this dispatch's enqueue
+    # there may have been applied though its reply was lost; an engine that can settle
+    # with such a copy settles before the job runs (Temporal: a fence against RQ).
+    # `hand_over`: for an idempotency key, engines that did not take the job, where an
+    # earlier dispatch of the key may have put it; the job runs at once, and the engine
+    # tells them it has the job once they answer (Temporal: a fence workflow).
     fence: frozenset[str] = frozenset()
+    hand_over: frozenset[str] = frozenset()
 
     def due_at(self, now: datetime) -> datetime | None:
         """When the job may first run, or None for "now"."""
@@ -115,6 +118,12 @@ class Fences(Protocol):
         """Make sure only one engine runs the job: unless this engine already started it
         (then it keeps it), it will never run it, and it remembers that `engine` has it.
         Raises `EngineUnavailableError` when it cannot answer now."""
+        ...
+
+    def holder(self, job_id: str) -> Fenced | None:
+        """What `fence` would keep, changing nothing: this engine, when it started the job;
+        the engine its marker names, when the job was handed over; None when it has no copy
+        or one it never started. Raises `EngineUnavailableError` when it cannot answer."""
         ...
 
 

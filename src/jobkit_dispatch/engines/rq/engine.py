@@ -160,6 +160,17 @@ class RQEngine(EngineBase):
     def fence(self, job_id: str, engine: str, reason: str) -> Fenced:
         """Hand the job over to `engine`, which holds a copy of it, unless a worker here
         has had it (see `scripts.FENCE`): from then on exactly one engine runs it."""
+        fenced = self._run_fence(job_id, engine, reason, "hand-over")
+        assert fenced is not None
+        return fenced
+
+    def holder(self, job_id: str) -> Fenced | None:
+        """What `fence` would keep, without writing anything: RQ, when a worker here has
+        had the job; the engine of its marker; None when there is no job or one that no
+        worker started."""
+        return self._run_fence(job_id, "", "", "look")
+
+    def _run_fence(self, job_id: str, engine: str, reason: str, mode: str) -> Fenced | None:
         self._refuse_if_open()
         args = [
             job_id,
@@ -168,15 +179,18 @@ class RQEngine(EngineBase):
             self.settings.failure_ttl,
             keys.queue_key_prefix,
             keys.scheduled_key_prefix,
+            mode,
         ]
         try:
-            owner, detail = self._fence(keys=[keys.job_key(job_id)], args=args)
+            reply = self._fence(keys=[keys.job_key(job_id)], args=args)
         except RedisError as exc:
             raise self._unavailable(exc) from exc
         self.breaker.success()
-        if owner == b"rq":
-            return Fenced(self.name, detail.decode())
-        return Fenced(detail.decode(), reason)
+        if not reply:
+            return None
+        if reply[0] == b"rq":
+            return Fenced(self.name, reply[1].decode())
+        return Fenced(reply[1].decode(), reply[2].decode())
 
     def get(self, job_id: str) -> JobInfo | None:
         self._refuse_if_open()

@@ -213,22 +213,25 @@ redis.call('DEL', KEYS[1])
 return 1
 """
 
-# KEYS: job. ARGV: id, engine, its reason, marker ttl, queue key prefix, scheduled prefix.
+# KEYS: job. ARGV: id, engine, its reason, marker ttl, queue key prefix, scheduled prefix,
+# 'hand-over' | 'look'.
 # Hands a job over to another engine (`engine`, which holds a copy under the same id),
-# unless an RQ worker has had it. {'moved', engine}: RQ will never run the job — a copy
-# that no worker started is taken off its queue, and the hash becomes a marker (status
+# unless an RQ worker has had it. {'moved', engine, reason}: RQ will never run the job — a
+# copy that no worker started is taken off its queue, and the hash becomes a marker (status
 # 'canceled', `jk_moved_to`) that START refuses like any job that is not queued, that
 # ENQUEUE answers with instead of enqueueing, and that `get` reports as no job. The same
 # when no copy exists: the marker refuses an enqueue still on its way. {'rq', reason}: a
 # worker started the job (it may be running, retrying, finished or cancelled): RQ keeps
-# it. Running it twice changes nothing.
+# it. Running it twice changes nothing. With 'look' nothing is written: the same answers
+# where the job is settled already, and {} where a hand-over would settle it.
 FENCE = """
 local job = redis.call('HMGET', KEYS[1], 'status', 'jk_moved_to', 'jk_started_at', 'jk_wait',
   'origin', 'jk_reason')
 local status, moved, started, wait, origin = job[1], job[2], job[3], job[4], job[5]
-if moved then return {'moved', moved} end
+if moved then return {'moved', moved, job[6] or ''} end
 local waiting = status == 'queued' or (status == 'scheduled' and wait == 'delay')
 if status and (started or not waiting) then return {'rq', job[6] or ''} end
+if ARGV[7] == 'look' then return {} end
 if origin then
   redis.call('LREM', ARGV[5] .. origin, 0, ARGV[1])
   redis.call('ZREM', ARGV[6] .. origin, ARGV[1])
@@ -236,5 +239,5 @@ end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'status', 'canceled', 'jk_moved_to', ARGV[2], 'jk_reason', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-return {'moved', ARGV[2]}
+return {'moved', ARGV[2], ARGV[3]}
 """

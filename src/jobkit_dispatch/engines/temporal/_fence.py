@@ -1,18 +1,24 @@
-"""The fence: a job that RQ may also hold settles with RQ before it runs on Temporal.
+"""The fence: a job that RQ may also hold settles with RQ, on Temporal, exactly once.
 
-The dispatcher starts a job on Temporal with `fence_rq` when RQ may hold a copy under the
-same id: its enqueue on RQ was sent but the reply was lost (it may have been applied), or
-the job has an idempotency key and RQ did not take it (an earlier dispatch of the key may
-have). Before any job code runs, the workflow runs the `FENCE_RQ` activity: one script on
-the queue Redis (`rq.scripts.FENCE`) that either hands the job over to Temporal — a copy
-no RQ worker started is withdrawn, and a marker refuses any later enqueue or start of the
-id on RQ — or finds that an RQ worker already had the job, and then the workflow ends
-without running it. Both sides: `settle_with_rq` runs in the workflow, `FenceActivities`
+The dispatcher starts a job on Temporal with `fence_rq` when its enqueue on RQ was sent but
+the reply was lost (it may have been applied). Before any job code runs, the workflow runs
+the `FENCE_RQ` activity: one script on the queue Redis (`rq.scripts.FENCE`) that either
+hands the job over to Temporal — a copy no RQ worker started is withdrawn, and a marker
+refuses any later enqueue or start of the id on RQ — or finds that an RQ worker already
+had the job, and then the workflow ends without running it. The activity retries until
+Redis answers, so such a job waits for Redis.
+
+A job with an idempotency key that RQ did not take for another reason (Redis refused or
+unreachable, circuit open, no live worker, pickup timeout) carries `hand_over_rq` instead:
+nothing of this dispatch is on RQ, but an earlier dispatch of the key may be. It runs at
+once; first the workflow starts `FenceWorkflow` (`<job id>/fence`, abandoned when the job
+ends), which runs the same script whenever Redis answers — a marker, so that a later
+dispatch of the key on RQ returns the Temporal job, and an earlier copy no RQ worker
+started withdrawn. When an RQ worker had started the key's job before Redis went away,
+the job ran on both engines: the outage made that unavoidable, and it is logged.
+
+Both sides: the workflow code runs in `JobWorkflow` and `FenceWorkflow`, `FenceActivities`
 on the worker, which must reach the queue Redis (`JOBKIT_REDIS_URL`).
-
-The activity retries until Redis answers, so a fenced job waits for Redis; a job that did
-not touch Redis ambiguously (refused, circuit open, no key) carries no fence and never
-waits.
 """
 
 from __future__ import annotations
@@ -20,19 +26,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.workflow import ChildWorkflowCancellationType, ParentClosePolicy
 
 from jobkit.errors import JobNotFoundError
-from jobkit_dispatch.engines.temporal._model import FENCE_RQ
+from jobkit_dispatch.engines.temporal._model import FENCE_RQ, FENCE_WORKFLOW
 
 if TYPE_CHECKING:
     from jobkit.settings import JobkitSettings
     from jobkit_dispatch.engines.rq import RQEngine
 
 ENGINE = "temporal"
+T = TypeVar("T")
 
 # Retried for as long as Redis does not answer, at least every few seconds; an attempt is
 # one short script call, so a waiting job holds no activity slot between attempts.
@@ -43,6 +52,14 @@ FENCE_RETRY = RetryPolicy(
     maximum_attempts=0,
 )
 FENCE_TIMEOUT = timedelta(seconds=10)
+# A hand-over holds up no job, so it asks less often: every 10 s at most once Redis has been
+# away for a while, which bounds how long after Redis is back its marker is missing.
+HAND_OVER_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=0,
+)
 
 
 async def settle_with_rq(job_id: str, reason: str) -> tuple[str, bool]:
@@ -70,7 +87,54 @@ def _fence(job_id: str, reason: str, *, cancel: bool) -> asyncio.Task[str]:
     )
 
 
-async def _to_the_end(task: asyncio.Task[str]) -> tuple[str, bool]:
+async def hand_over_later(job_id: str, job_name: str, reason: str) -> bool:
+    """Start the `FenceWorkflow` of a job that does not wait for RQ; True when the job was
+    cancelled meanwhile. The job waits for Temporal to start it (one round trip), so that
+    it is started whatever the job does next; never for Redis."""
+    start = asyncio.ensure_future(
+        workflow.start_child_workflow(
+            FENCE_WORKFLOW,
+            args=[job_id, job_name, reason],
+            id=f"{job_id}/fence",
+            parent_close_policy=ParentClosePolicy.ABANDON,
+            cancellation_type=ChildWorkflowCancellationType.ABANDON,
+            static_summary=f"hand {job_name} over from RQ",
+        )
+    )
+    try:
+        return (await _to_the_end(start))[1]
+    except WorkflowAlreadyStartedError:  # a replay of the job's history after a reset
+        return workflow.cancellation_reason() is not None
+
+
+@workflow.defn(name=FENCE_WORKFLOW)
+class FenceWorkflow:
+    """Hands a job that ran on Temporal without waiting over from RQ, once Redis answers
+    (see the module docstring). Its result is the engine that RQ says has the job."""
+
+    @workflow.run
+    async def run(self, job_id: str, job_name: str, reason: str) -> str:
+        owner: str = await workflow.execute_activity(
+            FENCE_RQ,
+            args=[job_id, reason, False],
+            result_type=str,
+            summary="hand over from RQ",
+            start_to_close_timeout=FENCE_TIMEOUT,
+            retry_policy=HAND_OVER_RETRY,
+        )
+        if owner == "rq":
+            workflow.logger.warning(
+                "job %s (%s) ran on both RQ and Temporal: an RQ worker had started it for an"
+                " earlier dispatch of its idempotency key, and a dispatch that RQ could not"
+                " take (%s) ran it on Temporal",
+                job_id,
+                job_name,
+                reason,
+            )
+        return owner
+
+
+async def _to_the_end(task: asyncio.Future[T]) -> tuple[T, bool]:
     cancelled = False
     while not task.done():
         try:

@@ -25,7 +25,11 @@ ACQUIRE_SLOT = "jobkit.acquire-slot"
 """The local activity that takes a slot of the job's queue on this worker."""
 
 FENCE_RQ = "jobkit.fence-rq"
-"""The activity that settles with a copy of the job RQ may hold, before the job runs."""
+"""The activity that settles with a copy of the job RQ may hold."""
+
+FENCE_WORKFLOW = "jobkit.fence"
+"""The workflow, `<job id>/fence`, that settles with RQ for a job that did not wait: it is
+not a job (`get_job` never reads it)."""
 
 MEMO_KEY = "jobkit"
 
@@ -91,6 +95,7 @@ class JobInput(BaseModel):
     history_warn_events: int = HISTORY_WARN_EVENTS  # log a warning once past this
     history_limit_events: int = HISTORY_LIMIT_EVENTS  # fail the job before a step past this
     fence_rq: bool = False  # RQ may hold a copy: settle with it before the job runs
+    hand_over_rq: bool = False  # RQ may hold an earlier copy: settle with it, not waiting
 
 
 class ErrorState(BaseModel):
@@ -131,7 +136,9 @@ class JobState(BaseModel):
     started_at: datetime | None = None
     error: ErrorState | None = None
     progress: ProgressState | None = None
-    fencing: bool | None = None  # True until the fence against RQ has settled
+    # True until the fence against RQ has settled, or the workflow that settles it was
+    # asked for: a cancelled job that no worker started is not ended before that.
+    fencing: bool | None = None
     moved_to: str | None = None  # the engine that ran the job instead ("rq"): not this one
 
     @classmethod
@@ -144,7 +151,7 @@ class JobState(BaseModel):
             max_attempts=job.max_attempts,
             created_at=job.created_at,
             scheduled_for=job.scheduled_for,
-            fencing=job.fence_rq or None,
+            fencing=job.fence_rq or job.hand_over_rq or None,
         )
 
     def memo(self) -> dict[str, Any]:

@@ -243,6 +243,7 @@ class TemporalEngine(EngineBase):
             history_warn_events=self.history_warn_events,
             history_limit_events=self.history_limit_events,
             fence_rq="rq" in request.fence,
+            hand_over_rq="rq" in request.hand_over,
         )
         try:
             return await self._starts.start_job(

@@ -37,7 +37,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from jobkit.queues import QueueRegistry, default_queues
 from jobkit.settings import JobkitSettings, get_settings
-from jobkit_dispatch.engines.temporal._fence import FenceActivities
+from jobkit_dispatch.engines.temporal._fence import FenceActivities, FenceWorkflow
 from jobkit_dispatch.engines.temporal._model import SLOT_SIGNAL, TERMINATION_KEY, ErrorState
 from jobkit_dispatch.engines.temporal._slots import SlotPool, register_pool, unregister_pool
 from jobkit_dispatch.engines.temporal._steps import remember_worker_modules
@@ -129,7 +129,7 @@ async def serve(
                 Worker(
                     client,
                     task_queue=f"{task_queue_prefix}{spec.name}",
-                    workflows=[JobWorkflow],
+                    workflows=[JobWorkflow, FenceWorkflow],
                     activities=[run_step, SlotActivities(pool).acquire_slot, fence.fence_rq],
                     workflow_runner=runner,
                     **options,

@@ -30,7 +30,7 @@ from temporalio.workflow import ActivityCancellationType
 
 from jobkit.errors import HistoryLimitError
 from jobkit.queues import default_queues
-from jobkit_dispatch.engines.temporal._fence import settle_with_rq
+from jobkit_dispatch.engines.temporal._fence import hand_over_later, settle_with_rq
 from jobkit_dispatch.engines.temporal._guard import HistoryGuard
 from jobkit_dispatch.engines.temporal._job_slot import JobSlot
 from jobkit_dispatch.engines.temporal._model import (
@@ -221,6 +221,8 @@ class JobWorkflow:
             return self._finish(failed)
         if job.fence_rq and not await self._fence_rq(job):
             return None
+        if job.hand_over_rq:
+            await self._hand_over_rq(job)
         definition = (
             default_registry.get(job.job_name) if job.job_name in default_registry else None
         )
@@ -257,6 +259,14 @@ class JobWorkflow:
         if cancelled:
             raise asyncio.CancelledError()
         return owner != "rq"
+
+    async def _hand_over_rq(self, job: JobInput) -> None:
+        """Have RQ told, whenever it answers, that this job is here; the job runs at once."""
+        cancelled = await hand_over_later(workflow.info().workflow_id, job.job_name, job.reason)
+        self._set(fencing=None)
+        if cancelled:
+            self._flush()
+            raise asyncio.CancelledError()
 
     async def _execute(self, job: JobInput, attempt: int, in_slot: bool) -> Outcome:
         """One execution of the handler, in a slot of its queue when `in_slot`.
