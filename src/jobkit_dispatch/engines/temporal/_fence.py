@@ -1,4 +1,4 @@
-"""The fence: a job that RQ may also hold settles with RQ, on Temporal, exactly once.
+"""The fence: a job on Temporal that RQ may also hold settles with RQ's copy.
 
 The dispatcher starts a job on Temporal with `fence_rq` when its enqueue on RQ was sent but
 the reply was lost (it may have been applied). Before any job code runs, the workflow runs
@@ -14,8 +14,9 @@ nothing of this dispatch is on RQ, but an earlier dispatch of the key may be. It
 once; first the workflow starts `FenceWorkflow` (`<job id>/fence`, abandoned when the job
 ends), which runs the same script whenever Redis answers — a marker, so that a later
 dispatch of the key on RQ returns the Temporal job, and an earlier copy no RQ worker
-started withdrawn. When an RQ worker had started the key's job before Redis went away,
-the job ran on both engines: the outage made that unavoidable, and it is logged.
+started withdrawn. When an RQ worker had started that copy (before Redis went away, or
+once it was back, before the hand-over got there), the job ran on both engines: the
+price of running at once during an outage, logged as a warning.
 
 Both sides: the workflow code runs in `JobWorkflow` and `FenceWorkflow`, `FenceActivities`
 on the worker, which must reach the queue Redis (`JOBKIT_REDIS_URL`).
@@ -25,15 +26,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING, TypeVar
 
 from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import (
+    ApplicationError,
+    ApplicationErrorCategory,
+    WorkflowAlreadyStartedError,
+)
 from temporalio.workflow import ChildWorkflowCancellationType, ParentClosePolicy
 
-from jobkit.errors import JobNotFoundError
+from jobkit.errors import EngineUnavailableError, JobNotFoundError
 from jobkit_dispatch.engines.temporal._model import FENCE_RQ, FENCE_WORKFLOW
 
 if TYPE_CHECKING:
@@ -42,6 +48,7 @@ if TYPE_CHECKING:
 
 ENGINE = "temporal"
 T = TypeVar("T")
+log = logging.getLogger("jobkit.temporal.fence")
 
 # Retried for as long as Redis does not answer, at least every few seconds; an attempt is
 # one short script call, so a waiting job holds no activity slot between attempts.
@@ -157,10 +164,13 @@ class FenceActivities:
         cancel RQ's copy. Returns the engine that runs the job. Raises while Redis does
         not answer: Temporal retries."""
         rq = self._engine()
-        fenced = await asyncio.to_thread(rq.fence, job_id, ENGINE, reason)
-        if fenced.engine == rq.name and cancel:
-            with contextlib.suppress(JobNotFoundError):
-                await asyncio.to_thread(rq.cancel, job_id)
+        try:
+            fenced = await asyncio.to_thread(rq.fence, job_id, ENGINE, reason)
+            if fenced.engine == rq.name and cancel:
+                with contextlib.suppress(JobNotFoundError):
+                    await asyncio.to_thread(rq.cancel, job_id)
+        except EngineUnavailableError as exc:
+            raise _not_yet(job_id, exc) from None
         return fenced.engine
 
     def _engine(self) -> RQEngine:
@@ -170,3 +180,16 @@ class FenceActivities:
 
             self._rq = RQEngine(settings=self._settings or get_settings())
         return self._rq
+
+
+def _not_yet(job_id: str, exc: EngineUnavailableError) -> ApplicationError:
+    """The error that has Temporal retry the fence while Redis does not answer: logged
+    once per job, on its first attempt, rather than as a failure with a traceback at every
+    attempt (temporalio logs a benign error at debug level)."""
+    if activity.info().attempt == 1:
+        log.info(
+            "job %s: retrying until the queue Redis answers, to settle with RQ: %s", job_id, exc
+        )
+    return ApplicationError(
+        str(exc), type=type(exc).__name__, category=ApplicationErrorCategory.BENIGN
+    )
