@@ -282,14 +282,15 @@ def test_keyed_jobs_run_at_once_while_redis_is_down_and_rq_is_told_once_it_is_ba
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Before the outage, key "started" runs on RQ's one worker (held at a gate) and key
-    "queued" waits behind it. Redis dies. Dispatched again, with a new key "new", they run
-    on Temporal at once and succeed while Redis is still down. Redis comes back (AOF):
-    the queued copy is withdrawn and never runs, RQ's markers say where the jobs are, and
-    a repeat dispatch returns the Temporal job. "started" ran on both engines (the
-    outage's price): that is logged."""
+    """Before the outage, key "started" runs on RQ's one worker (held at a gate); keys
+    "queued" and "cancelled" wait behind it. Redis dies. Dispatched again, with a new key
+    "new", they run on Temporal at once and succeed while Redis is still down ("cancelled"
+    is cancelled meanwhile). Redis comes back (AOF): the queued copies are withdrawn and
+    never run, RQ's markers say where the jobs are, and a repeat dispatch returns the
+    Temporal job. "started" ran on both engines (the outage's price): that is logged."""
     caplog.set_level(logging.WARNING, logger="temporalio.workflow")
-    dirs = {key: tmp_path / key for key in ("started", "queued", "new", "later")}
+    keys = ("started", "queued", "cancelled", "new")
+    dirs = {key: tmp_path / key for key in (*keys, "later")}
     for path in dirs.values():
         path.mkdir()
         open_gate(str(path), "go")
@@ -303,41 +304,47 @@ def test_keyed_jobs_run_at_once_while_redis_is_down_and_rq_is_told_once_it_is_ba
     ) as stack:
         started = send("started", gate="rq")
         wait_for_job(started.job_id, lambda i: i.status == JobStatus.RUNNING)
-        before = [started, send("queued")]
-        assert [d.engine for d in before] == ["rq", "rq"]
+        before = [started, send("queued"), send("cancelled")]
+        assert [d.engine for d in before] == ["rq", "rq", "rq"]
         redis_server.stop(kill=True)
-        during = {key: send(key) for key in ("started", "queued", "new")}
+        during = {key: send(key, "never" if key == "cancelled" else "go") for key in keys}
+        assert stack.dispatcher.cancel(during["cancelled"].job_id) is True
         infos = {key: wait_for_job(d.job_id, timeout=30) for key, d in during.items()}
         with pytest.raises(redis.ConnectionError):  # it all happened while Redis was down
             redis.Redis.from_url(redis_server.url).ping()
-        redis_server.start()  # the AOF brings back RQ's copies: one running, one queued
+        redis_server.start()  # the AOF brings back RQ's copies: one running, two queued
         client = redis.Redis.from_url(redis_server.url)
-        for key in ("queued", "new"):
+        for key in ("queued", "cancelled", "new"):
             job_key = f"rq:job:{during[key].job_id}"
             eventually(lambda k=job_key: client.hget(k, "jk_moved_to") == b"temporal", 30)
         eventually(lambda: warned_twice(caplog.records, started.job_id), 30)
-        assert client.lpos("rq:queue:rq-shutdown", before[1].job_id) is None  # withdrawn
+        assert client.lrange("rq:queue:rq-shutdown", 0, -1) == []  # withdrawn
         open_gate(str(dirs["started"]), "rq")
         assert wait_for_job(started.job_id, timeout=30).engine == "rq"
         # RQ's worker is free: a job dispatched now runs after anything still queued there.
         assert wait_for_job(send("later").job_id, timeout=30).engine == "rq"
-        again = {key: send(key) for key in ("started", "queued", "new")}
+        again = {key: send(key) for key in keys}
         temporal = stack.dispatcher.engine("temporal")
         assert temporal.get(f"{during['new'].job_id}/fence") is None  # not a job
         client.close()
     assert {(d.engine, d.reason.split(":")[0], d.created) for d in during.values()} == {
         ("temporal", "redis-unhealthy", True)
     }
-    assert [during[k].job_id for k in ("started", "queued")] == [d.job_id for d in before]
-    assert {(i.status, i.engine) for i in infos.values()} == {(JobStatus.SUCCEEDED, "temporal")}
-    assert [(again[k].engine, again[k].created) for k in ("started", "queued", "new")] == [
+    assert [during[k].job_id for k in keys[:3]] == [d.job_id for d in before]
+    assert {k: (i.status, i.engine) for k, i in infos.items()} == {
+        **{k: (JobStatus.SUCCEEDED, "temporal") for k in keys},
+        "cancelled": (JobStatus.CANCELLED, "temporal"),
+    }
+    assert [(again[k].engine, again[k].created) for k in keys] == [
         ("rq", False),
+        ("temporal", False),
         ("temporal", False),
         ("temporal", False),
     ]
     assert {key: count(str(path), "second") for key, path in dirs.items()} == {
         "started": 2,  # RQ's run, begun before the outage, and Temporal's
         "queued": 1,  # Temporal's only: RQ's copy was withdrawn
+        "cancelled": 0,  # cancelled on Temporal, and RQ's copy withdrawn all the same
         "new": 1,
         "later": 1,
     }
