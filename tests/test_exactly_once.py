@@ -35,7 +35,7 @@ from jobkit_dispatch.testing import RedisServer, wait_for_job
 from jobkit_dispatch.testing.rq_worker import WorkerProcess
 from jobkit_dispatch.testing.temporal_server import TemporalDevServer
 from jobkit_engine import JobStatus
-from tests import rq_jobs
+from tests import jobs, rq_jobs
 from tests.lossy_proxy import LossyProxy
 from tests.waiting import eventually
 
@@ -284,8 +284,9 @@ def test_keyed_jobs_run_at_once_while_redis_is_down_and_rq_is_told_once_it_is_ba
 ) -> None:
     """Before the outage, key "started" runs on RQ's one worker (held at a gate); keys
     "queued" and "cancelled" wait behind it. Redis dies. Dispatched again, with a new key
-    "new", they run on Temporal at once and succeed while Redis is still down ("cancelled"
-    is cancelled meanwhile). Redis comes back (AOF): the queued copies are withdrawn and
+    "new" (and "instant", a job with no step, over before its hand-over has started), they
+    run on Temporal at once and succeed while Redis is still down ("cancelled" is
+    cancelled meanwhile). Redis comes back (AOF): the queued copies are withdrawn and
     never run, RQ's markers say where the jobs are, and a repeat dispatch returns the
     Temporal job. "started" ran on both engines (the outage's price): that is logged."""
     caplog.set_level(logging.WARNING, logger="temporalio.workflow")
@@ -299,8 +300,9 @@ def test_keyed_jobs_run_at_once_while_redis_is_down_and_rq_is_told_once_it_is_ba
         work = {"workdir": str(dirs[key]), "gate": gate}
         return stack.dispatcher.dispatch(rq_jobs.held, work, idempotency_key=key)
 
+    queues = ("rq-shutdown", "default")
     with running_stack(
-        redis_server.url, redis_server, jobkit_temporal_server, tmp_path, ("rq-shutdown",)
+        redis_server.url, redis_server, jobkit_temporal_server, tmp_path, queues
     ) as stack:
         started = send("started", gate="rq")
         wait_for_job(started.job_id, lambda i: i.status == JobStatus.RUNNING)
@@ -309,13 +311,15 @@ def test_keyed_jobs_run_at_once_while_redis_is_down_and_rq_is_told_once_it_is_ba
         redis_server.stop(kill=True)
         during = {key: send(key, "never" if key == "cancelled" else "go") for key in keys}
         assert stack.dispatcher.cancel(during["cancelled"].job_id) is True
+        instant = stack.dispatcher.dispatch(jobs.loose, {"data": 1}, idempotency_key="instant")
         infos = {key: wait_for_job(d.job_id, timeout=30) for key, d in during.items()}
+        assert wait_for_job(instant.job_id, timeout=30).result == 1
         with pytest.raises(redis.ConnectionError):  # it all happened while Redis was down
             redis.Redis.from_url(redis_server.url).ping()
         redis_server.start()  # the AOF brings back RQ's copies: one running, two queued
         client = redis.Redis.from_url(redis_server.url)
-        for key in ("queued", "cancelled", "new"):
-            job_key = f"rq:job:{during[key].job_id}"
+        for job_id in [*(during[k].job_id for k in ("queued", "cancelled", "new")), instant.job_id]:
+            job_key = f"rq:job:{job_id}"
             eventually(lambda k=job_key: client.hget(k, "jk_moved_to") == b"temporal", 30)
         eventually(lambda: warned_twice(caplog.records, started.job_id), 30)
         assert client.lrange("rq:queue:rq-shutdown", 0, -1) == []  # withdrawn

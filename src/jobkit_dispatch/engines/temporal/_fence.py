@@ -11,8 +11,8 @@ Redis answers, so such a job waits for Redis.
 A job with an idempotency key that RQ did not take for another reason (Redis refused or
 unreachable, circuit open, no live worker, pickup timeout) carries `hand_over_rq` instead:
 nothing of this dispatch is on RQ, but an earlier dispatch of the key may be. It runs at
-once; first the workflow starts `FenceWorkflow` (`<job id>/fence`, abandoned when the job
-ends), which runs the same script whenever Redis answers — a marker, so that a later
+once; alongside, the workflow starts `FenceWorkflow` (`<job id>/fence`, abandoned when the
+job ends), which runs the same script whenever Redis answers — a marker, so that a later
 dispatch of the key on RQ returns the Temporal job, and an earlier copy no RQ worker
 started withdrawn. When an RQ worker had started that copy (before Redis went away, or
 once it was back, before the hand-over got there), the job ran on both engines: the
@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 from datetime import timedelta
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
@@ -40,7 +40,7 @@ from temporalio.exceptions import (
 from temporalio.workflow import ChildWorkflowCancellationType, ParentClosePolicy
 
 from jobkit.errors import EngineUnavailableError, JobNotFoundError
-from jobkit_dispatch.engines.temporal._model import FENCE_RQ, FENCE_WORKFLOW
+from jobkit_dispatch.engines.temporal._model import FENCE_RQ, FENCE_WORKFLOW, JobInput
 
 if TYPE_CHECKING:
     from jobkit.settings import JobkitSettings
@@ -94,24 +94,32 @@ def _fence(job_id: str, reason: str, *, cancel: bool) -> asyncio.Task[str]:
     )
 
 
-async def hand_over_later(job_id: str, job_name: str, reason: str) -> bool:
-    """Start the `FenceWorkflow` of a job that does not wait for RQ; True when the job was
-    cancelled meanwhile. The job waits for Temporal to start it (one round trip), so that
-    it is started whatever the job does next; never for Redis."""
-    start = asyncio.ensure_future(
+def start_hand_over(job_id: str, job: JobInput) -> asyncio.Future[Any]:
+    """Start the `FenceWorkflow` of a job that does not wait for RQ. The job runs
+    meanwhile, and awaits `handed_over` before it ends."""
+    return asyncio.ensure_future(
         workflow.start_child_workflow(
             FENCE_WORKFLOW,
-            args=[job_id, job_name, reason],
+            args=[job_id, job.job_name, job.reason],
             id=f"{job_id}/fence",
             parent_close_policy=ParentClosePolicy.ABANDON,
             cancellation_type=ChildWorkflowCancellationType.ABANDON,
-            static_summary=f"hand {job_name} over from RQ",
+            static_summary=f"hand {job.job_name} over from RQ",
         )
     )
+
+
+async def handed_over(start: asyncio.Future[Any] | None) -> bool:
+    """Wait until Temporal has started the hand-over, if there is one and it has not yet
+    (a workflow that ends before its child started may never start it: one round trip,
+    which only a job shorter than that waits for); True when a cancel of the job came
+    meanwhile. Never a wait for Redis."""
+    if start is None:
+        return False
     try:
         return (await _to_the_end(start))[1]
-    except WorkflowAlreadyStartedError:  # a replay of the job's history after a reset
-        return workflow.cancellation_reason() is not None
+    except WorkflowAlreadyStartedError:  # started before: a replay after a reset
+        return False
 
 
 @workflow.defn(name=FENCE_WORKFLOW)

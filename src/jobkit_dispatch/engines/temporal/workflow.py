@@ -30,7 +30,7 @@ from temporalio.workflow import ActivityCancellationType
 
 from jobkit.errors import HistoryLimitError
 from jobkit.queues import default_queues
-from jobkit_dispatch.engines.temporal._fence import hand_over_later, settle_with_rq
+from jobkit_dispatch.engines.temporal._fence import handed_over, settle_with_rq, start_hand_over
 from jobkit_dispatch.engines.temporal._guard import HistoryGuard
 from jobkit_dispatch.engines.temporal._job_slot import JobSlot
 from jobkit_dispatch.engines.temporal._model import (
@@ -188,6 +188,7 @@ class JobWorkflow:
         self._history = HistoryGuard.of(job)
         self._dirty = False
         self._slot = JobSlot(self._history)
+        self._hand_over: asyncio.Future[Any] | None = None  # starting the `FenceWorkflow`
 
     @workflow.signal(name=SLOT_SIGNAL)
     def slot_free(self) -> None:
@@ -196,11 +197,12 @@ class JobWorkflow:
     @workflow.run
     async def run(self, job: JobInput) -> Any:
         try:
-            return await self._run(job)
+            result = await self._run(job)
         except BaseException as exc:
             # However the job ends, it holds no slot of this worker and waits for none.
             self._slot.release()
             self._slot.forget()
+            await handed_over(self._hand_over)
             if (
                 is_cancelled_exception(exc)
                 or isinstance(exc, ApplicationError | workflow.NondeterminismError | HandBack)
@@ -212,6 +214,9 @@ class JobWorkflow:
             raise ApplicationError(
                 f"{type(exc).__name__}: {exc}", type=type(exc).__name__, non_retryable=True
             ) from exc
+        if await handed_over(self._hand_over):  # a cancel came as it started: it wins
+            raise asyncio.CancelledError()
+        return result
 
     async def _run(self, job: JobInput) -> Any:
         unknown = unknown_here(job)  # a rolling deploy: HandBack, for a worker that knows it
@@ -221,8 +226,9 @@ class JobWorkflow:
             return self._finish(failed)
         if job.fence_rq and not await self._fence_rq(job):
             return None
-        if job.hand_over_rq:
-            await self._hand_over_rq(job)
+        if job.hand_over_rq:  # RQ is told later; the job runs meanwhile
+            self._hand_over = start_hand_over(workflow.info().workflow_id, job)
+            self._set(fencing=None)
         definition = (
             default_registry.get(job.job_name) if job.job_name in default_registry else None
         )
@@ -259,14 +265,6 @@ class JobWorkflow:
         if cancelled:
             raise asyncio.CancelledError()
         return owner != "rq"
-
-    async def _hand_over_rq(self, job: JobInput) -> None:
-        """Have RQ told, whenever it answers, that this job is here; the job runs at once."""
-        cancelled = await hand_over_later(workflow.info().workflow_id, job.job_name, job.reason)
-        self._set(fencing=None)
-        if cancelled:
-            self._flush()
-            raise asyncio.CancelledError()
 
     async def _execute(self, job: JobInput, attempt: int, in_slot: bool) -> Outcome:
         """One execution of the handler, in a slot of its queue when `in_slot`.
