@@ -9,8 +9,6 @@ server started on the hung server's port.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -111,16 +109,12 @@ def test_a_temporal_that_stops_answering_once_connected_costs_one_rpc_timeout() 
         )
         try:
             assert engine.get("job") is None  # connected, and answering
-            assert server.pid is not None
-            os.kill(server.pid, signal.SIGSTOP)
-            try:
+            with server.paused():
                 with pytest.raises(EngineUnavailableError, match=r"is unavailable: RPCError"):
                     engine.get("job")
                 for _ in range(3):
                     with pytest.raises(EngineUnavailableError, match=r"\(circuit open\)$"):
                         engine.get("job")
-            finally:
-                os.kill(server.pid, signal.SIGCONT)
             eventually(lambda: _error_of(engine.get, "job") is None, timeout=20)
             assert not engine.breaker.is_open
         finally:

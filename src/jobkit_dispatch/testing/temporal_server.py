@@ -12,14 +12,16 @@ found next to the running interpreter (or on PATH).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -78,6 +80,17 @@ async def _answers(address: str, namespace: str | None) -> bool:
     return True
 
 
+def _all_threads_stopped(pid: int) -> bool:
+    """Every thread of `pid` is in state T (stopped), per /proc (Linux)."""
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+        except (OSError, IndexError):
+            continue  # a thread that just ended
+    return bool(states) and all(state in ("T", "t") for state in states)
+
+
 class _ServerProcess:
     """A server binary as a child process, with a private HOME (the CLI writes there)."""
 
@@ -120,6 +133,26 @@ class _ServerProcess:
     def pid(self) -> int | None:
         """The server's process id while it runs (a test may SIGSTOP it to hang it)."""
         return None if self._process is None else self._process.pid
+
+    @contextlib.contextmanager
+    def paused(self, timeout: float = 5.0) -> Iterator[None]:
+        """The server stopped (SIGSTOP) for the block: it keeps its connections and answers
+        nothing, as a hung server does. Entered only once every thread of it has stopped —
+        a signal is delivered asynchronously, and a thread still running could answer one
+        more call."""
+        pid = self.pid
+        if pid is None:
+            raise RuntimeError(f"{self.binary_name} is not running")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + timeout
+            while not _all_threads_stopped(pid):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.binary_name} did not stop within {timeout} s")
+                time.sleep(0.005)
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
 
     @property
     def running(self) -> bool:
