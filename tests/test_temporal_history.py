@@ -120,7 +120,9 @@ def test_a_job_near_the_history_limit_is_warned_once_then_fails(
     assert info.attempts == 1
     steps = count(workdir, "step")
     assert 3 <= steps < 30  # stopped long before the 100 steps
-    warnings = [r for r in caplog.records if d.job_id in r.getMessage()]
+    warnings = [
+        r for r in caplog.records if r.name == "temporalio.workflow" and d.job_id in r.getMessage()
+    ]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     assert "consider splitting" in warnings[0].getMessage()
 

@@ -75,6 +75,8 @@ def test_rq_an_old_worker_hands_the_job_back_to_a_worker_that_knows_it(
     assert (info.status, info.result, info.attempts) == (JobStatus.SUCCEEDED, "new", 1)
     assert count(workdir, "new") == 1  # ran exactly once
     assert old_log.read_text().count(HANDED_BACK) == 1  # once per job, not per pop
+    assert old_log.read_text().count(f"job {d.job_id} handed back: deploy.new") == 1
+    assert f"job {d.job_id} succeeded: deploy.new queue=deploy engine=rq" in new_log.read_text()
     assert "UnknownJobError" not in old_log.read_text() + new_log.read_text()
 
 
@@ -98,6 +100,9 @@ def test_rq_a_job_no_worker_knows_fails_after_the_grace_period_not_before(
     text = log.read_text()
     assert text.count(HANDED_BACK) == 1
     assert text.count("no worker that knows it took it within 2s; failed") == 1
+    assert text.count(f"job {d.job_id} handed back: deploy.new") == 1
+    assert text.count(f"job {d.job_id} failed: deploy.new") == 1
+    assert "error=UnknownJobError: no worker that knows job 'deploy.new'" in text
 
 
 # -- Temporal ------------------------------------------------------------------------------
@@ -211,6 +216,7 @@ def test_temporal_an_old_worker_hands_the_job_back_to_a_worker_that_knows_it(
     assert (info.status, info.result, info.engine) == (JobStatus.SUCCEEDED, "new", "temporal")
     assert count(workdir, "new") == 1  # ran exactly once
     assert old.text.count(HANDED_BACK) == 1  # once, however often it had the task
+    assert old.text.count(f"job {d.job_id} handed back: deploy.new queue=deploy") == 1
     assert "UnknownJobError" not in old.text and "Failed activation" not in old.text
 
 
@@ -233,6 +239,7 @@ def test_temporal_a_job_no_worker_knows_fails_after_the_grace_period_not_before(
     assert count(str(tmp_path), "new") == 0
     assert old.text.count(HANDED_BACK) == 1
     assert old.text.count("no worker that knows it took it within 2s; failed") == 1
+    assert old.text.count(f"job {d.job_id} failed: deploy.new") == 1
 
 
 @pytest.mark.slow
@@ -255,3 +262,4 @@ def test_temporal_a_job_that_wakes_on_an_old_worker_fails_after_the_grace_period
     assert "'deploy.new_napper'" in info.error.message
     assert (count(workdir, "before"), count(workdir, "after")) == (1, 0)
     assert old.text.count("this worker does not know job 'deploy.new_napper'") == 1
+    assert old.text.count(f"job {d.job_id} failed: deploy.new_napper") == 1  # decided in a replay

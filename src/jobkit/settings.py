@@ -102,6 +102,17 @@ class JobkitSettings(BaseSettings):
         description="workers run handlers in strict mode (jobkit_engine.strict): code outside "
         "steps that Temporal would refuse fails the job; meant for staging",
     )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="how `jobkit worker`, `jobkit cron` and `jobkit dev` log when the "
+        "application has not configured logging: text lines, or one JSON object per line "
+        "(for log shippers)",
+    )
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
 
 @functools.cache

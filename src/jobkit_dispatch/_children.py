@@ -13,9 +13,11 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import click
+
+from jobkit.settings import JobkitSettings
 
 _PR_SET_PDEATHSIG = 1
 
@@ -27,10 +29,12 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child, between
 
 
 class Child:
-    """A subprocess whose output is printed line by line with a prefix."""
+    """A subprocess whose output is printed line by line with a prefix, or as it is when
+    the children log JSON (`JOBKIT_LOG_FORMAT=json`): each line stays one JSON object."""
 
     def __init__(self, label: str, args: list[str], env: dict[str, str]) -> None:
         self.label = label
+        self._prefix = "" if _logs_json(env) else f"[{label}] "
         self.process = subprocess.Popen(
             args,
             env=env,
@@ -47,7 +51,7 @@ class Child:
     def _relay(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
-            click.echo(f"[{self.label}] {line.rstrip()}")
+            click.echo(f"{self._prefix}{line.rstrip()}")
 
     def terminate(self) -> None:
         """SIGTERM, once: a worker takes a second SIGTERM as "abort the running jobs"."""
@@ -65,6 +69,13 @@ class Child:
             self.process.wait()
         self._reader.join(timeout=2)
         return self.process.returncode
+
+
+def _logs_json(env: Mapping[str, str]) -> bool:
+    value = env.get("JOBKIT_LOG_FORMAT")
+    if value is None:  # perhaps set in a .env file, which the child reads as well
+        return JobkitSettings().log_format == "json"
+    return value.strip().lower() == "json"
 
 
 def worker_args(

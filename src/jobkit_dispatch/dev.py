@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 
 import click
 
+from jobkit.logs import configure_logging
 from jobkit.queues import default_queues
 from jobkit.settings import JobkitSettings
 from jobkit_dispatch._children import Child, worker_args
@@ -90,6 +91,8 @@ def run_dev(
 
     Returns the exit status: the demo's, COMMAND's, or 0 after Ctrl-C.
     """
+    # Not get_settings(): it would cache settings before the stack's are in the environment.
+    configure_logging(JobkitSettings().log_format)
     modules = [*modules, DEMO_MODULE] if demo else list(modules)
     import_job_modules(modules)  # here too: the stack runs cron only if schedules exist
     queues = list(queues) or [spec.name for spec in default_queues]

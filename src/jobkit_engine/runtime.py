@@ -12,6 +12,9 @@ here, shared by every engine, so that a job behaves the same wherever it runs:
 - `MemoSteps` is `ctx.step`: the step rules, with hooks for where step results live (a
   `StepMemo`), where a step function runs (`StepRunner`), how a long sleep waits
   (`Suspender`) and what to check before a step starts.
+- `log_outcome(decision, ...)`, called after storing a decision, logs the job's outcome
+  in the words every engine uses, on the `jobkit.jobs` logger (`JOB_LOGGER`);
+  `log_handed_back` the same for a job handed back to a worker that knows it.
 - `StrictMode` (`jobkit_engine.strict`), passed to `execute_job(..., strict=...)`, holds
   handler code outside steps to Temporal's rules: what the inline test helpers do, and
   what a worker does with `JOBKIT_STRICT=1` (`StrictMode.from_settings(settings)`).
@@ -42,6 +45,7 @@ from jobkit_engine._failures import (
     encode_exception,
     is_fatal,
 )
+from jobkit_engine._joblog import JOB_LOGGER, log_handed_back, log_outcome
 from jobkit_engine._lifecycle import (
     Cancelled,
     Decision,
@@ -69,6 +73,7 @@ from jobkit_engine.strict import StrictMode
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
+    "JOB_LOGGER",
     "MISSING",
     "WAKE_AT_KEY",
     "Cancelled",
@@ -101,6 +106,8 @@ __all__ = [
     "from_json_for",
     "is_fatal",
     "json_size",
+    "log_handed_back",
+    "log_outcome",
     "resolve_ref",
     "run_step_function",
     "settle",

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Literal
 
 from jobkit.durations import utcnow
 from jobkit.errors import ConfigurationError, JobkitError
+from jobkit.logs import configure_logging
+from jobkit.settings import get_settings
 from jobkit_dispatch._dispatch import Dispatcher, get_dispatcher
 from jobkit_dispatch.cron._schedules import (
     Schedule,
@@ -275,10 +277,7 @@ def run_cron(
     """What `jobkit cron` runs: the loop, until SIGTERM or SIGINT (a second one aborts)."""
     if not len(schedules):
         raise ConfigurationError("no schedules are registered; pass --import myapp.schedules")
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-        )
+    configure_logging(get_settings().log_format)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

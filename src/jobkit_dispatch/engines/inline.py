@@ -13,8 +13,8 @@ waiting on it (what `jobkit_dispatch.testing.wait_for_job` does).
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -44,10 +44,9 @@ from jobkit_engine.runtime import (
     MemoSteps,
     Outcome,
     execute_job,
+    log_outcome,
     settle,
 )
-
-log = logging.getLogger("jobkit.inline")
 
 _WAITING = (JobStatus.SCHEDULED, JobStatus.SLEEPING)
 
@@ -291,6 +290,7 @@ class InlineEngine(EngineBase):
 
     async def _drive(self, record: _Record) -> None:
         """Take one job from enqueue to a final status: wait, run, retry or resume."""
+        started = None
         try:
             while True:
                 if record.scheduled_for is not None:
@@ -300,14 +300,16 @@ class InlineEngine(EngineBase):
                 async with self._slot(record.request.queue):
                     if not self._transition(record, (JobStatus.QUEUED,), JobStatus.RUNNING):
                         return
+                    started = time.monotonic()
                     outcome = await self._run_once(record)
-                if not self._apply(record, outcome):
+                if not self._apply(record, outcome, started):
                     return
         except asyncio.CancelledError:
             with self._lock:
                 cancelled = record.cancel_requested or record.status == JobStatus.CANCELLED
+                running = record.status == JobStatus.RUNNING
             if cancelled:
-                self._apply(record, Cancelled())
+                self._apply(record, Cancelled(), started if running else None)
                 return
             raise
 
@@ -371,9 +373,9 @@ class InlineEngine(EngineBase):
         with self._lock:
             record.progress = progress
 
-    def _apply(self, record: _Record, outcome: Outcome) -> bool:
-        """Store what `settle` decides for an execution's outcome; True when the job has
-        more to do."""
+    def _apply(self, record: _Record, outcome: Outcome, started: float | None) -> bool:
+        """Store what `settle` decides for an execution's outcome (begun at `started`, on
+        the monotonic clock), and log it; True when the job has more to do."""
         now = self.clock.now()
         with self._lock:
             if record.status.is_terminal:  # cancelled while it was waiting
@@ -384,19 +386,22 @@ class InlineEngine(EngineBase):
                 if decision.error is not None or decision.status == JobStatus.SUCCEEDED:
                     record.error = decision.error
                 self._finish(record, decision.status)
-                return False
-            record.status, record.scheduled_for = decision.status, decision.at
-            record.resuming = decision.resume
-            if decision.error is not None:
-                record.error = decision.error
-                log.info(
-                    "job %s attempt %d failed (%s); retry at %s",
-                    record.request.job_id,
-                    record.attempts,
-                    decision.error.type,
-                    decision.at,
-                )
-            return True
+            else:
+                record.status, record.scheduled_for = decision.status, decision.at
+                record.resuming = decision.resume
+                record.error = decision.error or record.error
+        r, took = record.request, None if started is None else time.monotonic() - started
+        log_outcome(
+            decision,
+            job_id=r.job_id,
+            job_name=r.job_name,
+            queue=r.queue,
+            engine=self.name,
+            attempt=record.attempts,
+            duration=took,
+            now=now,
+        )
+        return not isinstance(decision, Finish)
 
     def _finish(self, record: _Record, status: JobStatus) -> None:
         """Set a final status (caller holds the lock)."""

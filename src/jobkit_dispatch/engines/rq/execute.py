@@ -40,6 +40,7 @@ from jobkit_engine.runtime import (
     RunAgain,
     StrictMode,
     execute_job,
+    log_outcome,
     settle,
 )
 
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
     from jobkit_dispatch.engines.rq.link import WorkerLink
 
 log = logging.getLogger("jobkit.worker")
+
+_CANCELLED = Finish(JobStatus.CANCELLED)
 
 
 class Executor:
@@ -116,10 +119,11 @@ class Executor:
 
     async def _run(self, claimed: ClaimedJob) -> None:
         link, job_id = self._link, claimed.job_id
+        started = time.monotonic()
         if claimed.job_name not in self._registry:  # a rolling deploy: hand it back
             instead = await self._unknown.handle(claimed)
             if instead is not None:
-                await link.retrying(lambda: self.finish(job_id, instead))
+                await link.retrying(lambda: self.finish(job_id, instead, claimed, started))
             return
         await self._unknown.known(claimed)
         job_key = keys.job_key(job_id)
@@ -149,7 +153,7 @@ class Executor:
         else:
             outcome = await self._call_handler(claimed, make_context)
         await progress.flush()
-        await link.retrying(lambda: self.finish(job_id, outcome))
+        await link.retrying(lambda: self.finish(job_id, outcome, claimed, started))
 
     async def _call_handler(
         self, claimed: ClaimedJob, make_context: Callable[[Any], JobContext]
@@ -175,17 +179,21 @@ class Executor:
         finally:
             self._cancels.in_handler.discard(job_id)
 
-    async def finish(self, job_id: str, outcome: Outcome) -> None:
+    async def finish(
+        self,
+        job_id: str,
+        outcome: Outcome,
+        claimed: ClaimedJob | None = None,
+        started: float | None = None,
+    ) -> None:
         """Store what `settle` decides for the attempt's outcome, if this worker still
-        holds the job's lease. FINISH applies settle's first rule again, atomically: a
-        cancel accepted after this worker last looked still wins."""
+        holds the job's lease, and log it (`claimed`: the job, `started`: when its execution
+        began, on the monotonic clock). FINISH applies settle's first rule again,
+        atomically: a cancel accepted after this worker last looked still wins."""
         q, settings = self._link.keys, self._link.settings
         now = time.time()
-        decision = settle(
-            outcome,
-            now=datetime.fromtimestamp(now, UTC),
-            cancel_requested=job_id in self._cancels,
-        )
+        when = datetime.fromtimestamp(now, UTC)
+        decision = settle(outcome, now=when, cancel_requested=job_id in self._cancels)
         kind, due, ttl, fields = stored(decision, settings)
         args: list[Any] = [job_id, kind, now, due, ttl, settings.failure_ttl, rq_now()]
         for item in fields.items():
@@ -204,10 +212,19 @@ class Executor:
         )
         if not written:
             log.warning("job %s: lease lost before it finished; it runs again elsewhere", job_id)
-        elif written == 2:
-            log.info("job %s: cancelled (the cancel came before it could end %s)", job_id, kind)
-        else:
-            log.debug("job %s: %s", job_id, kind)
+            return
+        if written == 2:  # a cancel came before it could end as decided
+            decision = _CANCELLED
+        log_outcome(
+            decision,
+            job_id=job_id,
+            job_name=None if claimed is None else claimed.job_name,
+            queue=q.name,
+            engine="rq",
+            attempt=None if claimed is None else claimed.attempt,
+            duration=None if started is None else time.monotonic() - started,
+            now=when,
+        )
 
 
 def stored(decision: Decision, settings: JobkitSettings) -> tuple[str, float, int, dict[str, Any]]:

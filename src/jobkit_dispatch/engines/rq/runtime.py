@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from jobkit.errors import ConfigurationError
+from jobkit.logs import configure_logging
 from jobkit.settings import JobkitSettings
 from jobkit_dispatch.engines.rq.worker import RQWorker
 from jobkit_engine import import_job_modules
@@ -35,10 +36,7 @@ def run_worker(
 ) -> None:
     """Serve `queues` until signalled. Blocks; exits non-zero if a queue process failed."""
     import_job_modules(modules)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-        )
+    configure_logging(settings.log_format)
     if len(queues) == 1:
         asyncio.run(serve_queue(queues[0], settings, concurrency))
         return

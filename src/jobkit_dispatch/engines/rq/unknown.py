@@ -11,7 +11,8 @@ The first hand-back stamps the job (`jk_unknown_since`); a worker that knows the
 clears the stamp when it runs it. Once `unknown_job_grace` seconds (default 600) have
 passed since the stamp with no worker that knows the job taking it, the worker that has
 it fails it with an `UnknownJobError` naming the job, the grace and the modules it
-imports. Each worker process logs a job it hands back once, not at every pop.
+imports. Each worker process logs a job it hands back once, not at every pop: why, on
+`jobkit.worker`, and the outcome line on `jobkit.jobs`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING
 from jobkit.errors import UnknownJobError
 from jobkit_dispatch.engines.rq import keys
 from jobkit_engine import JobError, JobRegistry
-from jobkit_engine.runtime import Cancelled, Failed, Outcome
+from jobkit_engine.runtime import Cancelled, Failed, Outcome, log_handed_back
 
 if TYPE_CHECKING:
     from jobkit_dispatch.engines.rq.codec import ClaimedJob
@@ -123,4 +124,11 @@ class UnknownJobs:
             claimed.job_name,
             ", ".join(self._registry.modules()) or "no job module",
             self.grace,
+        )
+        log_handed_back(
+            job_id=claimed.job_id,
+            job_name=claimed.job_name,
+            queue=self._link.keys.name,
+            engine="rq",
+            attempt=claimed.attempt,
         )

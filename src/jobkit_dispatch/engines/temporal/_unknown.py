@@ -8,7 +8,8 @@ queue again (at once, then after its 10 s task timeout, then at growing interval
 10 minutes: Temporal's own retry of failed workflow tasks), and a worker that knows the
 job runs it from the start, or from its history if it had begun.
 
-Each worker process remembers when it first met each such job and logs it then, once;
+Each worker process remembers when it first met each such job and logs it then, once
+(why, and the outcome line of `jobkit.jobs`);
 temporalio's warning at every failed task is silenced for `HandBack`. Once
 `unknown_job_grace` seconds have passed since then, the worker that has the task fails
 the job with `UnknownJobError`, naming the job, the grace and the modules it imports:
@@ -34,8 +35,8 @@ from temporalio.service import RPCError
 
 from jobkit.errors import UnknownJobError
 from jobkit_dispatch.engines.temporal._model import TERMINATION_KEY, ErrorState, JobInput
-from jobkit_engine import JobError, default_registry
-from jobkit_engine.runtime import Failed
+from jobkit_engine import JobError, JobStatus, default_registry
+from jobkit_engine.runtime import Failed, Finish, log_handed_back, log_outcome
 
 log = logging.getLogger("jobkit.temporal.worker")
 
@@ -100,7 +101,7 @@ def unknown_here(job: JobInput) -> Failed | None:
     info = workflow.info()
     queue = _queues.get(info.task_queue)
     grace = queue.grace if queue is not None else 0.0
-    waited = _waited(info.workflow_id, job.job_name, grace)
+    waited = _waited(info.workflow_id, job, grace)
     if waited < grace:
         raise HandBack(f"job {info.workflow_id}: this worker does not know {job.job_name!r}")
     log.error(
@@ -116,14 +117,26 @@ def unknown_here(job: JobInput) -> Failed | None:
     )
     if not workflow.unsafe.is_replaying() or queue is None:
         return Failed(error, None)
+    # A failure decided in a replay: the workflow's own line would be silent, so say it here.
+    log_outcome(
+        Finish(JobStatus.FAILED, error=error),
+        job_id=info.workflow_id,
+        job_name=job.job_name,
+        queue=job.queue,
+        engine="temporal",
+        attempt=None,
+        duration=None,
+        now=workflow.now(),
+    )
     asyncio.run_coroutine_threadsafe(
         queue.terminate(info.workflow_id, info.run_id, error), queue.loop
     )
     raise HandBack(f"job {info.workflow_id}: terminated, {job.job_name!r} is unknown")
 
 
-def _waited(workflow_id: str, job_name: str, grace: float) -> float:
+def _waited(workflow_id: str, job: JobInput, grace: float) -> float:
     """Seconds since this process first met the job; logs that first meeting."""
+    job_name = job.job_name
     now = time.monotonic()
     with _lock:
         first = _first_met.setdefault(workflow_id, now)
@@ -138,6 +151,9 @@ def _waited(workflow_id: str, job_name: str, grace: float) -> float:
             job_name,
             ", ".join(default_registry.modules()) or "no job module",
             grace,
+        )
+        log_handed_back(
+            job_id=workflow_id, job_name=job_name, queue=job.queue, engine="temporal", attempt=None
         )
     return now - first
 

@@ -35,6 +35,7 @@ from temporalio.service import RPCError
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from jobkit.logs import configure_logging
 from jobkit.queues import QueueRegistry, default_queues
 from jobkit.settings import JobkitSettings, get_settings
 from jobkit_dispatch.engines.temporal._fence import FenceActivities, FenceWorkflow
@@ -210,10 +211,7 @@ def run_worker(
     cut off on another worker, after their heartbeat timeout).
     """
     import_job_modules(modules)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-        )
+    configure_logging(settings.log_format)
     asyncio.run(_main(queues, modules, settings, concurrency, worker_options))
     # temporalio's core runtime finishes tearing down in the background; an interpreter
     # that exits at that very moment can crash, so give it a moment.

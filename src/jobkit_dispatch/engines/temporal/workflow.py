@@ -33,6 +33,7 @@ from jobkit.queues import default_queues
 from jobkit_dispatch.engines.temporal._fence import handed_over, settle_with_rq, start_hand_over
 from jobkit_dispatch.engines.temporal._guard import HistoryGuard
 from jobkit_dispatch.engines.temporal._job_slot import JobSlot
+from jobkit_dispatch.engines.temporal._joblog import log_decision, log_sleep
 from jobkit_dispatch.engines.temporal._model import (
     SLOT_SIGNAL,
     WORKFLOW_NAME,
@@ -299,7 +300,9 @@ class JobWorkflow:
             self._slot.release()
 
     def _settle(self, outcome: Outcome) -> Decision:
-        return settle(outcome, now=workflow.now(), cancel_requested=_cancel_requested())
+        decision = settle(outcome, now=workflow.now(), cancel_requested=_cancel_requested())
+        log_decision(self._state, decision)
+        return decision
 
     def _finish(self, decision: Finish) -> Any:
         """End the workflow as the job ends: its result, a failure, or cancelled."""
@@ -318,14 +321,6 @@ class JobWorkflow:
 
     async def _wait_to_run_again(self, decision: RunAgain) -> None:
         """Wait, on a durable timer, until the next execution is due."""
-        if decision.error is not None:
-            workflow.logger.info(
-                "job %s attempt %d failed (%s); retry at %s",
-                workflow.info().workflow_id,
-                self._state.attempts,
-                decision.error.type,
-                decision.at,
-            )
         self._history.check(f"the retry after attempt {self._state.attempts}")
         self._set(
             status=decision.status,
@@ -364,6 +359,7 @@ class JobWorkflow:
         if deadline is not None:
             deadline.reschedule(None)
         self._slot.release()
+        log_sleep(self._state, wake_at)
         self._set(status=JobStatus.SLEEPING, scheduled_for=wake_at)
         await workflow.sleep(wake_at - workflow.now(), summary=step_id)
         await self._slot.acquire(self._queued)
