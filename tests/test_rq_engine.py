@@ -171,6 +171,9 @@ def test_a_second_signal_aborts_and_the_job_runs_again_later(
     assert process.wait(15) == 0
     info = get_job(d.job_id)
     assert (info.status, info.attempts) == (JobStatus.QUEUED, 0)
+    assert process.log_path is not None
+    logged = f"job {d.job_id} interrupted: rqtest.held queue=rq-shutdown engine=rq attempt=1"
+    assert process.log_path.read_text().count(logged) == 1
     open_gate(workdir, "go")
     with worker(jobkit_redis_server, "rq-shutdown", tmp_path):
         info = wait_for_job(d.job_id)

@@ -65,9 +65,10 @@ def log_outcome(
     `duration` is the execution's, in seconds (None when nothing ran). A workflow engine
     passes a logger that stays quiet while its code is replayed.
     """
-    outcome, level, fields = _describe(decision, now)
+    words, level, fields = _describe(decision, now)
     if logger.isEnabledFor(level):  # a worker that logs nothing pays nothing more
-        _emit(logger, level, outcome, job_id, job_name, queue, engine, attempt, duration, fields)
+        job = _job(job_id, job_name, queue, engine, attempt, duration)
+        _emit(logger, level, words, {**job, **fields})
 
 
 def log_handed_back(
@@ -82,19 +83,26 @@ def log_handed_back(
     """Log that this worker handed the job back for a worker that knows it (a rolling
     deploy). Engines log it once per job and worker process, not at every hand-back."""
     if logger.isEnabledFor(logging.WARNING):
-        fields = {"outcome": "handed_back"}
-        _emit(
-            logger,
-            logging.WARNING,
-            "handed back",
-            job_id,
-            job_name,
-            queue,
-            engine,
-            attempt,
-            None,
-            fields,
-        )
+        job = _job(job_id, job_name, queue, engine, attempt, None)
+        _emit(logger, logging.WARNING, "handed back", {**job, "outcome": "handed_back"})
+
+
+def _job(
+    job_id: str,
+    job_name: str | None,
+    queue: str,
+    engine: str,
+    attempt: int | None,
+    duration: float | None,
+) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "job_name": job_name,
+        "queue": queue,
+        "engine": engine,
+        "attempt": attempt,
+        "duration": None if duration is None else round(duration, 6),
+    }
 
 
 def _describe(decision: Decision, now: datetime) -> tuple[str, int, dict[str, Any]]:
@@ -123,30 +131,17 @@ def _emit(
     logger: logging.Logger | logging.LoggerAdapter[Any],
     level: int,
     words: str,
-    job_id: str,
-    job_name: str | None,
-    queue: str,
-    engine: str,
-    attempt: int | None,
-    duration: float | None,
-    fields: dict[str, Any],
+    extra: dict[str, Any],
 ) -> None:
-    extra: dict[str, Any] = {
-        "job_id": job_id,
-        "job_name": job_name,
-        "queue": queue,
-        "engine": engine,
-        "attempt": attempt,
-        "duration": None if duration is None else round(duration, 6),
-        **fields,
-    }
-    line = f"job {job_id} {words}: {job_name or '?'} queue={queue} engine={engine}"
-    if attempt is not None:
-        line += f" attempt={attempt}"
-    if duration is not None:
-        line += f" duration={duration:.3f}s"
-    if "error" in fields:
-        line += f" error={fields['error']}"
+    """The line, and its facts as the record's attributes."""
+    line = f"job {extra['job_id']} {words}: {extra['job_name'] or '?'}"
+    line += f" queue={extra['queue']} engine={extra['engine']}"
+    if extra["attempt"] is not None:
+        line += f" attempt={extra['attempt']}"
+    if extra["duration"] is not None:
+        line += f" duration={extra['duration']:.3f}s"
+    if "error" in extra:
+        line += f" error={extra['error']}"
     logger.log(level, line, extra=extra)  # no args: a '%' in the line is not a format
 
 
