@@ -216,6 +216,7 @@ class JobWorkflow:
                 f"{type(exc).__name__}: {exc}", type=type(exc).__name__, non_retryable=True
             ) from exc
         if await handed_over(self._hand_over):  # a cancel came as it started: it wins
+            log_decision(self._state, Finish(JobStatus.CANCELLED))  # the last word logged
             raise asyncio.CancelledError()
         return result
 
