@@ -7,7 +7,7 @@ import time
 import pytest
 
 from jobkit import JobkitSettings, QueueRegistry, QueueSpec, redact_url
-from jobkit.connection import get_redis
+from jobkit.connection import close_all, get_cache_redis, get_redis
 from jobkit.errors import ConfigurationError, UnknownQueueError
 from jobkit.health import probe_redis
 from jobkit_dispatch.testing import RedisServer
@@ -54,6 +54,18 @@ def test_one_client_per_url(jobkit_redis_server: RedisServer) -> None:
     settings = JobkitSettings(redis_url=jobkit_redis_server.url)
     assert get_redis(settings=settings) is get_redis(settings=settings)
     assert get_redis(settings=settings).ping()
+
+
+def test_the_cache_redis_is_separate_and_optional(jobkit_redis_server: RedisServer) -> None:
+    assert get_cache_redis(JobkitSettings(redis_url=jobkit_redis_server.url)) is None
+    cache_url = jobkit_redis_server.url.rsplit("/", 1)[0] + "/3"
+    cache = get_cache_redis(
+        JobkitSettings(redis_url=jobkit_redis_server.url, cache_redis_url=cache_url)
+    )
+    assert cache is not None and cache is not get_redis(jobkit_redis_server.url)
+    assert cache.ping()
+    close_all()
+    assert get_redis(cache_url) is not cache  # closed and forgotten: a new client
 
 
 def test_health_probe_of_a_live_redis(jobkit_redis_server: RedisServer) -> None:

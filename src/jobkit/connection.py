@@ -114,3 +114,19 @@ def _marking_unsent(base: type) -> type:
     if marking is None:
         marking = _marking_classes[base] = type(f"Unsent{base.__name__}", (_MarksUnsent, base), {})
     return marking
+
+
+def get_cache_redis(settings: JobkitSettings | None = None) -> Redis | None:
+    """The optional volatile cache Redis (`JOBKIT_CACHE_REDIS_URL`), or None."""
+    settings = settings or get_settings()
+    if settings.cache_redis_url is None:
+        return None
+    return get_redis(settings.cache_redis_url, settings)
+
+
+def close_all() -> None:
+    """Close every cached client (tests, and processes that are about to fork)."""
+    with _lock:
+        for client in _clients.values():
+            client.close()
+        _clients.clear()
