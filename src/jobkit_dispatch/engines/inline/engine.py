@@ -16,7 +16,6 @@ import asyncio
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
@@ -24,10 +23,10 @@ from jobkit.errors import JobNotFoundError
 from jobkit.queues import QueueRegistry, default_queues
 from jobkit.settings import get_settings
 from jobkit_dispatch.engines.base import EngineBase, JobRequest
+from jobkit_dispatch.engines.inline.record import JobRecord
 from jobkit_engine import (
     Clock,
     JobContext,
-    JobError,
     JobInfo,
     JobRegistry,
     JobStatus,
@@ -39,7 +38,6 @@ from jobkit_engine import (
 )
 from jobkit_engine.runtime import (
     Cancelled,
-    DictStepMemo,
     Finish,
     MemoSteps,
     Outcome,
@@ -51,52 +49,11 @@ from jobkit_engine.runtime import (
 _WAITING = (JobStatus.SCHEDULED, JobStatus.SLEEPING)
 
 
-@dataclass
-class _Record:
-    """The mutable state of one inline job; read and written under the engine's lock."""
-
-    request: JobRequest
-    status: JobStatus
-    created_at: datetime
-    scheduled_for: datetime | None = None
-    attempts: int = 0
-    resuming: bool = False  # the next execution continues an attempt after a sleep
-    cancel_requested: bool = False
-    clock_wait: datetime | None = None  # a running job blocked in a short sleep until then
-    result: Any = None
-    error: JobError | None = None
-    progress: Progress | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    memo: DictStepMemo = field(default_factory=DictStepMemo)
-    task: asyncio.Task[None] | None = None
-
-    def info(self, engine: str) -> JobInfo:
-        r = self.request
-        return JobInfo(
-            job_id=r.job_id,
-            job_name=r.job_name,
-            queue=r.queue,
-            status=self.status,
-            engine=engine,
-            reason=r.reason,
-            attempts=self.attempts,
-            max_attempts=r.max_attempts,
-            result=self.result,
-            error=self.error,
-            progress=self.progress,
-            created_at=self.created_at,
-            scheduled_for=self.scheduled_for,
-            started_at=self.started_at,
-            finished_at=self.finished_at,
-        )
-
-
 class _JobClock:
     """The engine's clock as one job sees it: notes when the job waits on it, so time
     skipping knows a running job is only waiting for time to pass."""
 
-    def __init__(self, engine: InlineEngine, record: _Record) -> None:
+    def __init__(self, engine: InlineEngine, record: JobRecord) -> None:
         self._engine = engine
         self._record = record
 
@@ -148,7 +105,7 @@ class InlineEngine(EngineBase):
         self._registry = registry
         self._queues = queues
         self._lock = threading.Lock()
-        self._records: dict[str, _Record] = {}
+        self._records: dict[str, JobRecord] = {}
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -169,7 +126,7 @@ class InlineEngine(EngineBase):
             if request.job_id in self._records:
                 return False
             waiting = due is not None and due > now
-            record = _Record(
+            record = JobRecord(
                 request,
                 JobStatus.SCHEDULED if waiting else JobStatus.QUEUED,
                 now,
@@ -268,7 +225,7 @@ class InlineEngine(EngineBase):
                 self._loop, self._thread = loop, thread
             return self._loop
 
-    def _start(self, record: _Record) -> None:
+    def _start(self, record: JobRecord) -> None:
         task = asyncio.get_running_loop().create_task(self._drive(record))
         with self._lock:
             record.task = task
@@ -288,7 +245,7 @@ class InlineEngine(EngineBase):
             slot = self._slots[queue] = asyncio.Semaphore(limit)
         return slot
 
-    async def _drive(self, record: _Record) -> None:
+    async def _drive(self, record: JobRecord) -> None:
         """Take one job from enqueue to a final status: wait, run, retry or resume."""
         started = None
         try:
@@ -313,7 +270,9 @@ class InlineEngine(EngineBase):
                 return
             raise
 
-    def _transition(self, record: _Record, before: tuple[JobStatus, ...], after: JobStatus) -> bool:
+    def _transition(
+        self, record: JobRecord, before: tuple[JobStatus, ...], after: JobStatus
+    ) -> bool:
         """Move the job on unless something (a cancel) moved it first."""
         with self._lock:
             if record.status not in before:
@@ -327,7 +286,7 @@ class InlineEngine(EngineBase):
                 record.started_at = self.clock.now()
             return True
 
-    async def _run_once(self, record: _Record) -> Outcome:
+    async def _run_once(self, record: JobRecord) -> Outcome:
         request = record.request
 
         def make_context(definition: Any) -> JobContext:
@@ -357,7 +316,7 @@ class InlineEngine(EngineBase):
             strict=self.strict,
         )
 
-    async def _refuse_if_cancelled(self, record: _Record) -> None:
+    async def _refuse_if_cancelled(self, record: JobRecord) -> None:
         """No step starts once a cancel was accepted, even in a handler that swallowed
         the interruption."""
         with self._lock:
@@ -365,15 +324,15 @@ class InlineEngine(EngineBase):
         if cancelled:
             raise asyncio.CancelledError()
 
-    def _set_clock_wait(self, record: _Record, until: datetime | None) -> None:
+    def _set_clock_wait(self, record: JobRecord, until: datetime | None) -> None:
         with self._lock:
             record.clock_wait = until
 
-    def _set_progress(self, record: _Record, progress: Progress) -> None:
+    def _set_progress(self, record: JobRecord, progress: Progress) -> None:
         with self._lock:
             record.progress = progress
 
-    def _apply(self, record: _Record, outcome: Outcome, started: float | None) -> bool:
+    def _apply(self, record: JobRecord, outcome: Outcome, started: float | None) -> bool:
         """Store what `settle` decides for an execution's outcome (begun at `started`, on
         the monotonic clock), and log it; True when the job has more to do."""
         now = self.clock.now()
@@ -403,7 +362,7 @@ class InlineEngine(EngineBase):
         )
         return not isinstance(decision, Finish)
 
-    def _finish(self, record: _Record, status: JobStatus) -> None:
+    def _finish(self, record: JobRecord, status: JobStatus) -> None:
         """Set a final status (caller holds the lock)."""
         record.status = status
         record.scheduled_for = None
