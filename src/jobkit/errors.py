@@ -15,6 +15,7 @@ JobkitError
 ├── JobMovedError                 an engine's marker: this job id went to another engine
 ├── DispatchError                 no engine could take the job (names every cause)
 ├── JobNotFoundError              get_job / cancel_job for an id no engine knows
+├── JobNotRetryableError          retry of a job that is not failed or cancelled
 ├── CorruptJobError               a stored job record that cannot be read back
 ├── StepError                     misuse of the step API
 │   └── DuplicateStepError        one step id used twice in one job
@@ -207,6 +208,18 @@ class JobNotFoundError(JobkitError, LookupError):
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         super().__init__(f"no job with id {job_id!r}")
+
+
+class JobNotRetryableError(JobkitError):
+    """A retry of a job that has not ended failed or cancelled: a queued or running job
+    runs already, and a succeeded one would run its side effects again (dispatch it anew)."""
+
+    def __init__(self, job_id: str, status: str) -> None:
+        self.job_id = job_id
+        self.status = status
+        super().__init__(
+            f"job {job_id!r} is {status}: only a failed or cancelled job can be retried"
+        )
 
 
 class CorruptJobError(JobkitError):

@@ -140,6 +140,11 @@ class EngineBase(ABC):
     supports_cancel_running: ClassVar[bool] = False
     supports_progress: ClassVar[bool] = False
     supports_pickup_confirmation: ClassVar[bool] = False
+    # Operator capabilities (`engines/recovery.py`), optional: an engine that is no
+    # `EngineBase` may leave them out, and `has_capability` reads them as False.
+    supports_listing: ClassVar[bool] = False  # implements `ListsJobs`: list_jobs, describe
+    supports_retry: ClassVar[bool] = False  # implements `RetriesJobs`: retry, from a step
+    supports_purge: ClassVar[bool] = False  # implements `PurgesJobs`: purge ended jobs
 
     def availability(self, request: JobRequest) -> str | None:
         return None
@@ -172,6 +177,12 @@ class EngineBase(ABC):
 
     def close(self) -> None:
         return None
+
+
+def has_capability(engine: Engine, capability: str) -> bool:
+    """Whether `engine` declares `capability` (e.g. "supports_listing"); an attribute it
+    does not have counts as False, so engines written before a capability keep working."""
+    return bool(getattr(engine, capability, False))
 
 
 async def aavailability(engine: Engine, request: JobRequest) -> str | None:
