@@ -23,6 +23,8 @@ from jobkit.errors import JobNotFoundError
 from jobkit.queues import QueueRegistry, default_queues
 from jobkit.settings import get_settings
 from jobkit_dispatch.engines.base import EngineBase, JobRequest
+from jobkit_dispatch.engines.inline.history import ObservedMemo
+from jobkit_dispatch.engines.inline.operations import InlineOperations
 from jobkit_dispatch.engines.inline.record import JobRecord
 from jobkit_engine import (
     Clock,
@@ -68,11 +70,12 @@ class _JobClock:
             self._engine._set_clock_wait(self._record, None)
 
 
-class InlineEngine(EngineBase):
+class InlineEngine(InlineOperations, EngineBase):
     """Runs jobs in-process with the full job semantics; per-queue concurrency applies.
 
     `strict=True` (or a `StrictMode`) runs every handler under strict mode, as the test
-    helpers in `jobkit_dispatch.testing` do by default.
+    helpers in `jobkit_dispatch.testing` do by default. It lists its jobs, describes,
+    retries and purges them too (`InlineOperations`), from the history each job keeps.
     """
 
     name: ClassVar[str] = "inline"
@@ -80,6 +83,9 @@ class InlineEngine(EngineBase):
     supports_durable_sleep: ClassVar[bool] = True
     supports_cancel_running: ClassVar[bool] = True
     supports_progress: ClassVar[bool] = True
+    supports_listing: ClassVar[bool] = True
+    supports_retry: ClassVar[bool] = True
+    supports_purge: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -133,8 +139,7 @@ class InlineEngine(EngineBase):
                 scheduled_for=due if waiting else None,
             )
             self._records[request.job_id] = record
-        loop = self._ensure_loop()
-        loop.call_soon_threadsafe(self._start, record)
+        self._start_soon(record)
         return True
 
     async def aenqueue(self, request: JobRequest) -> bool:
@@ -225,6 +230,9 @@ class InlineEngine(EngineBase):
                 self._loop, self._thread = loop, thread
             return self._loop
 
+    def _start_soon(self, record: JobRecord) -> None:
+        self._ensure_loop().call_soon_threadsafe(self._start, record)
+
     def _start(self, record: JobRecord) -> None:
         task = asyncio.get_running_loop().create_task(self._drive(record))
         with self._lock:
@@ -279,11 +287,12 @@ class InlineEngine(EngineBase):
                 return False
             record.status = after
             if after == JobStatus.RUNNING:
+                record.started_at = self.clock.now()
                 if not record.resuming:
                     record.attempts += 1
+                    record.history.attempt_began(record.attempts, record.started_at)
                 record.resuming = False
                 record.scheduled_for = None
-                record.started_at = self.clock.now()
             return True
 
     async def _run_once(self, record: JobRecord) -> Outcome:
@@ -296,11 +305,11 @@ class InlineEngine(EngineBase):
                 attempt=record.attempts,
                 engine=self.name,
                 step=MemoSteps(
-                    record.memo,
+                    ObservedMemo(record.memo, lambda *saved: self._step_saved(record, *saved)),
                     _JobClock(self, record),
                     self._sleep_threshold,
                     max_bytes=self._max_bytes,
-                    before_step=lambda _step_id: self._refuse_if_cancelled(record),
+                    before_step=lambda step_id: self._step_starts(record, step_id),
                 ),
                 progress_sink=lambda progress: self._set_progress(record, progress),
             )
@@ -316,13 +325,17 @@ class InlineEngine(EngineBase):
             strict=self.strict,
         )
 
-    async def _refuse_if_cancelled(self, record: JobRecord) -> None:
+    async def _step_starts(self, record: JobRecord, step_id: str) -> None:
         """No step starts once a cancel was accepted, even in a handler that swallowed
-        the interruption."""
+        the interruption; one that starts is in the job's history."""
         with self._lock:
-            cancelled = record.cancel_requested
-        if cancelled:
-            raise asyncio.CancelledError()
+            if record.cancel_requested:
+                raise asyncio.CancelledError()
+            record.history.step_began(step_id, self.clock.now())
+
+    def _step_saved(self, record: JobRecord, step_id: str, value: Any) -> None:
+        with self._lock:
+            record.history.step_saved(step_id, value, self.clock.now())
 
     def _set_clock_wait(self, record: JobRecord, until: datetime | None) -> None:
         with self._lock:
@@ -340,6 +353,7 @@ class InlineEngine(EngineBase):
             if record.status.is_terminal:  # cancelled while it was waiting
                 return False
             decision = settle(outcome, now=now, cancel_requested=record.cancel_requested)
+            record.history.execution_ended(outcome, decision, now)
             if isinstance(decision, Finish):
                 record.result = decision.result
                 if decision.error is not None or decision.status == JobStatus.SUCCEEDED:
@@ -367,3 +381,4 @@ class InlineEngine(EngineBase):
         record.status = status
         record.scheduled_for = None
         record.finished_at = self.clock.now()
+        record.history.job_ended(status, record.finished_at)

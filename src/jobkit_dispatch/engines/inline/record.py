@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from jobkit_dispatch.engines.base import JobRequest
+from jobkit_dispatch.engines.inline.history import JobHistory
+from jobkit_dispatch.engines.recovery import JobDetail
 from jobkit_engine import JobError, JobInfo, JobStatus, Progress
 from jobkit_engine.runtime import DictStepMemo
 
@@ -30,7 +33,28 @@ class JobRecord:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     memo: DictStepMemo = field(default_factory=DictStepMemo)
+    history: JobHistory = field(default_factory=JobHistory)
     task: asyncio.Task[None] | None = None
+
+    def new_round(self, *, from_scratch: bool) -> None:
+        """An operator retry: queued again with a fresh round of attempts under the same
+        id and creation time; completed steps stay memoised unless `from_scratch`."""
+        self.status, self.attempts, self.resuming = JobStatus.QUEUED, 0, False
+        self.cancel_requested, self.clock_wait, self.scheduled_for = False, None, None
+        self.result = self.error = self.progress = None
+        self.started_at = self.finished_at = None
+        if from_scratch:
+            self.memo.data.clear()
+        self.history.new_round(from_scratch=from_scratch)
+
+    def detail(self, engine: str, now: datetime) -> JobDetail:
+        return JobDetail(
+            info=self.info(engine),
+            payload=copy.deepcopy(self.request.payload),
+            attempts=self.history.attempt_records(),
+            steps=self.history.step_records(now),
+            retries=self.history.retries,
+        )
 
     def info(self, engine: str) -> JobInfo:
         r = self.request
