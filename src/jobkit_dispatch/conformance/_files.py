@@ -35,3 +35,7 @@ async def wait_for_gate(workdir: str, gate: str, limit: float = 60.0) -> bool:
             return False
         await asyncio.sleep(0.01)
     return True
+
+
+def gate_is_open(workdir: str, gate: str) -> bool:
+    return Path(workdir, f"{gate}.gate").exists()

@@ -6,8 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import pytest
+
 from jobkit.durations import utcnow
 from jobkit_dispatch.engines import Engine
+from jobkit_dispatch.engines.base import has_capability
 from jobkit_dispatch.engines.inline import InlineEngine
 from jobkit_dispatch.testing import advance, wait_for_job
 from jobkit_engine import JobInfo, ManualClock
@@ -40,6 +43,13 @@ class Harness:
         """Let `delta` pass for the engine (instantly on a ManualClock)."""
         advance(self.engine, delta)
 
+    def tick(self) -> None:
+        """Let the engine's clock move on, so that what happens next gets a later time than
+        what happened before: a ManualClock stands still until it is advanced (here by a
+        second, at once); a real clock has moved on by itself."""
+        if isinstance(getattr(self.engine, "clock", None), ManualClock):
+            self.advance(timedelta(seconds=1))
+
     def wait(self, job_id: str, until: Callable[[JobInfo], bool] | None = None) -> JobInfo:
         if until is None:
             return wait_for_job(job_id, timeout=self.timeout)
@@ -50,3 +60,14 @@ class Harness:
         """The inline engine on a ManualClock, in strict mode: sleeps of days take no time."""
         clock = clock or ManualClock()
         return cls(InlineEngine(clock=clock, strict=True), now=clock.now, strict=True)
+
+
+def requires(harness: Harness, capability: str) -> None:
+    """Skip a test of what the engine says it cannot do (`supports_delay = False`, …).
+
+    A declared capability is a promise the dispatcher and users rely on, so a test of it
+    runs whenever the engine claims it; only an engine that disclaims it (or, for the
+    optional operator capabilities, does not mention it) is excused.
+    """
+    if not has_capability(harness.engine, capability):
+        pytest.skip(f"{harness.engine.name} does not declare {capability}")

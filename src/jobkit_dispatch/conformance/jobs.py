@@ -156,5 +156,6 @@ async def no_payload(ctx: JobContext) -> dict[str, object]:
     return {"job_name": ctx.job_name, "attempt": ctx.attempt}
 
 
-# The step-rule probes register with these, so a worker that imports this module has all.
-from jobkit_dispatch.conformance import portable_jobs  # noqa: E402, F401
+# The step-rule probes and the operator tools' jobs register with these, so a worker that
+# imports this module has all.
+from jobkit_dispatch.conformance import portable_jobs, recovery_jobs  # noqa: E402, F401

@@ -18,8 +18,9 @@ from jobkit.errors import (
 from jobkit_dispatch import Dispatched, cancel_job, dispatch_job, get_job, idempotent_job_id
 from jobkit_dispatch.conformance import jobs
 from jobkit_dispatch.conformance._files import count, open_gate
-from jobkit_dispatch.conformance.harness import Harness
+from jobkit_dispatch.conformance.harness import Harness, requires
 from jobkit_dispatch.conformance.portability import PortabilityConformance
+from jobkit_dispatch.conformance.recovery import RecoveryConformance
 from jobkit_dispatch.engines import JobRequest
 from jobkit_dispatch.testing import use_engine
 from jobkit_engine import JobInfo, JobStatus, Progress
@@ -31,21 +32,11 @@ def _is(status: JobStatus) -> Callable[[JobInfo], bool]:
     return lambda info: info.status == status
 
 
-def requires(harness: Harness, capability: str) -> None:
-    """Skip a test of what the engine says it cannot do (`supports_delay = False`, …).
-
-    A declared capability is a promise the dispatcher and users rely on, so a test of it
-    runs whenever the engine claims it; only an engine that disclaims it is excused.
-    """
-    if not getattr(harness.engine, capability):
-        pytest.skip(f"{harness.engine.name} does not declare {capability}")
-
-
 def _close(actual: timedelta, expected: timedelta, slack: timedelta = timedelta(seconds=1)) -> bool:
     return expected <= actual <= expected + slack
 
 
-class EngineConformance(PortabilityConformance):
+class EngineConformance(PortabilityConformance, RecoveryConformance):
     """The job contract. Subclass it and provide a `harness` fixture."""
 
     @pytest.fixture
