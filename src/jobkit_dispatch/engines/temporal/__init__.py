@@ -1,6 +1,8 @@
 """The Temporal engine: each job is a workflow, each step an activity, each sleep a timer.
 
-`TemporalEngine` starts and inspects jobs; `worker.run_worker` serves queues. Importing
+`TemporalEngine` starts and inspects jobs; `worker.run_worker` serves queues;
+`register_command()` is the command that registers jobkit's search attributes on a
+server (`dev_server_flags()` those of `temporal server start-dev`). Importing
 this package needs `temporalio` (`pip install 'jobkit-dispatch[temporal]'`); nothing else in
 jobkit imports it.
 """
@@ -12,6 +14,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
     raise EngineNotInstalledError("temporal", "temporal", "temporalio") from exc
 
+from jobkit_dispatch.engines.temporal._attributes import dev_server_flags, register_command
 from jobkit_dispatch.engines.temporal.engine import TemporalEngine
 
-__all__ = ["TemporalEngine"]
+__all__ = ["TemporalEngine", "dev_server_flags", "register_command"]

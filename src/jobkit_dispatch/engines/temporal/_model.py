@@ -78,6 +78,64 @@ def _tail(text: str | None, limit: int) -> str | None:
     return text if text is None or len(text) <= limit else "…" + text[-(limit - 1) :]
 
 
+# An attempt log entry keeps less of its error than the job's last error does, and only the
+# newest entries keep a traceback: the log must fit in the memo beside everything else.
+ATTEMPT_LOG_LIMIT = 10
+_LOGGED_TRACEBACKS = 2
+_LOGGED_MESSAGE_LIMIT = 200
+_LOGGED_TRACEBACK_LIMIT = 1500
+
+
+class ErrorState(BaseModel):
+    type: str
+    message: str
+    traceback: str | None = None
+
+    @classmethod
+    def of(cls, error: JobError) -> ErrorState:
+        return cls(
+            type=_head(error.type, 200) or "",
+            message=_head(error.message, _MESSAGE_LIMIT) or "",
+            traceback=_tail(error.traceback, _TRACEBACK_LIMIT),
+        )
+
+    @classmethod
+    def brief(cls, error: JobError) -> ErrorState:
+        """The error as an attempt log entry keeps it: shorter."""
+        return cls(
+            type=_head(error.type, 200) or "",
+            message=_head(error.message, _LOGGED_MESSAGE_LIMIT) or "",
+            traceback=_tail(error.traceback, _LOGGED_TRACEBACK_LIMIT),
+        )
+
+    def error(self) -> JobError:
+        return JobError(self.type, self.message, self.traceback)
+
+
+class AttemptState(BaseModel):
+    """One attempt in the memo's log: `outcome` as `AttemptRecord.outcome` says."""
+
+    number: int
+    outcome: str
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: ErrorState | None = None
+
+
+class SeedStep(BaseModel):
+    """A step of an earlier run of the job, handed to the run that retries it. `done`: it
+    completed (or it is a sleep that was reached), and `value` is its memo entry — the
+    step's JSON result, or the sleep's wake time; a step that did not complete is here for
+    `describe` only (when it first began)."""
+
+    step_id: str
+    kind: str  # "run" or "sleep"
+    done: bool = True
+    value: Any = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
 class JobInput(BaseModel):
     """The workflow's argument: the job request plus what the workflow needs to run it."""
 
@@ -96,20 +154,22 @@ class JobInput(BaseModel):
     history_limit_events: int = HISTORY_LIMIT_EVENTS  # fail the job before a step past this
     fence_rq: bool = False  # RQ may hold a copy: settle with it before the job runs
     hand_over_rq: bool = False  # RQ may hold an earlier copy: settle with it, not waiting
+    # A retry (`_retry`): the earlier runs' completed steps (none `from_scratch`), their
+    # attempts, and how many times the job was retried.
+    seed: list[SeedStep] = []
+    earlier_attempts: list[AttemptState] = []
+    retries: int = 0
+
+    def seed_results(self) -> dict[str, Any]:
+        """The step memo a retried run starts from."""
+        return {step.step_id: step.value for step in self.seed if step.done}
 
 
-class ErrorState(BaseModel):
-    type: str
-    message: str
-    traceback: str | None = None
-
-    @classmethod
-    def of(cls, error: JobError) -> ErrorState:
-        return cls(
-            type=_head(error.type, 200) or "",
-            message=_head(error.message, _MESSAGE_LIMIT) or "",
-            traceback=_tail(error.traceback, _TRACEBACK_LIMIT),
-        )
+_ENDED = {
+    JobStatus.SUCCEEDED: "succeeded",
+    JobStatus.FAILED: "failed",
+    JobStatus.CANCELLED: "cancelled",
+}
 
 
 class ProgressState(BaseModel):
@@ -140,6 +200,12 @@ class JobState(BaseModel):
     # asked for: a cancelled job that no worker started is not ended before that.
     fencing: bool | None = None
     moved_to: str | None = None  # the engine that ran the job instead ("rq"): not this one
+    retries: int = 0  # operator retries: each one a new run of the workflow
+    # The job's attempts, earlier runs' too, oldest first; the newest `ATTEMPT_LOG_LIMIT`.
+    # Written only with a memo change the workflow makes anyway (an attempt starts, waits
+    # for its retry, fails the job): a job that succeeds or is cancelled ends with its
+    # last attempt "running", and `describe` reads the end from the workflow's close.
+    attempt_log: list[AttemptState] = []
 
     @classmethod
     def initial(cls, job: JobInput) -> JobState:
@@ -152,7 +218,43 @@ class JobState(BaseModel):
             created_at=job.created_at,
             scheduled_for=job.scheduled_for,
             fencing=job.fence_rq or job.hand_over_rq or None,
+            retries=job.retries,
+            attempt_log=list(job.earlier_attempts),
         )
+
+    def attempt_began(self, number: int, at: datetime) -> None:
+        """Log attempt `number` as running (once: a resumed attempt is the same one)."""
+        last = self.attempt_log[-1] if self.attempt_log else None
+        if last is not None and last.number == number and last.outcome == "running":
+            return
+        self.attempt_log.append(AttemptState(number=number, outcome="running", started_at=at))
+        self._trim_log()
+
+    def attempt_ended(self, outcome: str, at: datetime, error: JobError | None) -> None:
+        """Log how the running attempt ended."""
+        last = self.attempt_log[-1] if self.attempt_log else None
+        if last is None or last.outcome != "running":
+            return
+        last.outcome, last.finished_at = outcome, at
+        last.error = None if error is None else ErrorState.brief(error)
+        self._trim_log()
+
+    def final_log(self, info: JobInfo) -> list[AttemptState]:
+        """The attempt log with its last attempt ended as the job `info` did, when the
+        workflow could not write that itself (see `attempt_log`)."""
+        log = [entry.model_copy() for entry in self.attempt_log]
+        outcome = _ENDED.get(info.status)
+        if log and log[-1].outcome == "running" and outcome is not None:
+            log[-1].outcome, log[-1].finished_at = outcome, info.finished_at
+            if info.error is not None and info.status == JobStatus.FAILED:
+                log[-1].error = ErrorState.brief(info.error)
+        return log
+
+    def _trim_log(self) -> None:
+        del self.attempt_log[:-ATTEMPT_LOG_LIMIT]
+        for entry in self.attempt_log[:-_LOGGED_TRACEBACKS]:
+            if entry.error is not None and entry.error.traceback is not None:
+                entry.error = entry.error.model_copy(update={"traceback": None})
 
     def memo(self) -> dict[str, Any]:
         return {MEMO_KEY: self.model_dump(mode="json", exclude_none=True)}

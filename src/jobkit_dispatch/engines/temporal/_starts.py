@@ -32,11 +32,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from temporalio.client import Client
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import (
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from jobkit.errors import EngineUnavailableError
+from jobkit_dispatch.engines.temporal._attributes import Registration
 from jobkit_dispatch.engines.temporal._model import WORKFLOW_NAME, JobInput, JobState
 
 DISPATCH_KEY = "jobkit_dispatch"
@@ -88,14 +93,22 @@ class StartGate:
         return self._slots
 
     async def start_job(
-        self, client: Client, job: JobInput, job_id: str, task_queue: str, delay: timedelta | None
+        self,
+        client: Client,
+        job: JobInput,
+        job_id: str,
+        task_queue: str,
+        delay: timedelta | None,
+        registration: Registration,
     ) -> bool:
         """Start `job`'s workflow; False if a workflow with its id existed already.
 
-        Raises `EngineUnavailableError` when the start did not get through, and the
-        `RPCError` of any other refusal.
+        It carries jobkit's search attributes, unless the server refuses them
+        (`_attributes`): then it starts without. Raises `EngineUnavailableError` when the
+        start did not get through, and the `RPCError` of any other refusal.
         """
         token = uuid.uuid4().hex  # tells this dispatch's workflow from one that existed
+        attributes = registration.for_job(job.job_name, job.queue, job.created_at)
 
         async def attempt(rpc_timeout: timedelta) -> None:
             await client.start_workflow(
@@ -109,14 +122,21 @@ class StartGate:
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 start_delay=delay,
                 memo={**JobState.initial(job).memo(), DISPATCH_KEY: token},
-                static_summary=job.job_name,
+                search_attributes=attributes,
+                static_summary=job.job_name,  # the Temporal UI shows it beside the type
                 # With a worker of this client in this process, the server hands it the
                 # first workflow task in the reply: one round trip less.
                 request_eager_start=delay is None,
                 rpc_timeout=rpc_timeout,
             )
 
-        outcome = await self.start(attempt)
+        try:
+            outcome = await self.start(attempt)
+        except RPCError as exc:  # refused before anything was written
+            if not attributes.search_attributes or not registration.refused(exc):
+                raise
+            attributes = TypedSearchAttributes.empty
+            outcome = await self.start(attempt)
         if isinstance(outcome, Started) or not outcome.maybe_ours:
             return isinstance(outcome, Started)
         # An attempt that timed out may have created it: read back whose token it holds.

@@ -24,7 +24,7 @@ from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 from jobkit.errors import JobTimeoutError
 from jobkit_engine.runtime import decode_exception, encode_exception
 
-_FAILURE_KEY = "jobkit_exception"
+FAILURE_KEY = "jobkit_exception"
 
 
 def as_application_error(exc: BaseException) -> ApplicationError:
@@ -36,7 +36,7 @@ def as_application_error(exc: BaseException) -> ApplicationError:
     # BENIGN: the worker logs it at DEBUG; the job records the error and logs the attempt.
     return ApplicationError(
         str(exc),
-        {_FAILURE_KEY: encode_exception(exc)},
+        {FAILURE_KEY: encode_exception(exc)},
         type=type(exc).__name__,
         non_retryable=True,
         category=ApplicationErrorCategory.BENIGN,
@@ -62,8 +62,8 @@ def from_activity_error(step_id: str, error: ActivityError) -> BaseException:
 
 def _encoded(cause: ApplicationError) -> dict[str, Any] | None:
     details = cause.details
-    if details and isinstance(details[0], dict) and isinstance(details[0].get(_FAILURE_KEY), dict):
-        return details[0][_FAILURE_KEY]
+    if details and isinstance(details[0], dict) and isinstance(details[0].get(FAILURE_KEY), dict):
+        return details[0][FAILURE_KEY]
     return None
 
 

@@ -11,29 +11,29 @@ with the cause until a background probe finds it answering again.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from temporalio.api.enums.v1 import PendingWorkflowTaskState
 from temporalio.client import (
     Client,
     WorkflowExecutionDescription,
     WorkflowExecutionStatus,
-    WorkflowFailureError,
     WorkflowHandle,
 )
-from temporalio.exceptions import TerminatedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from jobkit.circuit import CircuitBreaker
 from jobkit.durations import Duration, to_seconds, utcnow
-from jobkit.errors import EngineUnavailableError, JobNotFoundError
+from jobkit.errors import JobNotFoundError
 from jobkit.settings import JobkitSettings
 from jobkit_dispatch.engines.base import EngineBase, JobRequest
-from jobkit_dispatch.engines.temporal import _process
-from jobkit_dispatch.engines.temporal._closed import failure_error, termination_error
+from jobkit_dispatch.engines.recovery import JobDetail, JobPage, JobQuery
+from jobkit_dispatch.engines.temporal import _detail, _process, _purge, _retry
+from jobkit_dispatch.engines.temporal._attributes import Registration
 from jobkit_dispatch.engines.temporal._connection import Connection
+from jobkit_dispatch.engines.temporal._listing import Lister
 from jobkit_dispatch.engines.temporal._loop import LoopThread
 from jobkit_dispatch.engines.temporal._model import (
     CANCELLED_UNSTARTED,
@@ -41,27 +41,20 @@ from jobkit_dispatch.engines.temporal._model import (
     HISTORY_WARN_EVENTS,
     MEMO_KEY,
     STEP_HEARTBEAT_TIMEOUT,
-    WORKFLOW_NAME,
     JobInput,
     JobState,
 )
+from jobkit_dispatch.engines.temporal._reading import Link, describe_run, job_info, job_state
 from jobkit_dispatch.engines.temporal._starts import StartGate
-from jobkit_engine import JobError, JobInfo, JobStatus
+from jobkit_engine import JobInfo, JobStatus
 from jobkit_engine.runtime import DEFAULT_MAX_BYTES
 
 if TYPE_CHECKING:
     from jobkit_dispatch.engines.temporal.worker import BackgroundWorker
 
 ENGINE = "temporal"
-
-# Codes that mean "the server cannot be reached or cannot answer now": the dispatcher
-# falls back to another engine instead of failing the dispatch.
-_UNAVAILABLE = {
-    RPCStatusCode.UNAVAILABLE,
-    RPCStatusCode.DEADLINE_EXCEEDED,
-    RPCStatusCode.RESOURCE_EXHAUSTED,
-    RPCStatusCode.CANCELLED,
-}
+PURGE_TIMEOUT = 3600.0  # seconds a sync purge may take in all
+T = TypeVar("T")
 
 
 class TemporalEngine(EngineBase):
@@ -72,6 +65,9 @@ class TemporalEngine(EngineBase):
     supports_durable_sleep: ClassVar[bool] = True  # a timer; the slot is given back meanwhile
     supports_cancel_running: ClassVar[bool] = True  # a cancellation request reaches the handler
     supports_progress: ClassVar[bool] = True  # report_progress updates the workflow memo
+    supports_listing: ClassVar[bool] = True  # visibility queries and the run's history
+    supports_retry: ClassVar[bool] = True  # a new run of the workflow id, from the failed step
+    supports_purge: ClassVar[bool] = True  # DeleteWorkflowExecution of each run
 
     def __init__(
         self,
@@ -119,6 +115,8 @@ class TemporalEngine(EngineBase):
         self._starts = StartGate(
             address, limit=max_starts_in_flight, timeout=start_timeout, rpc_timeout=rpc_timeout
         )
+        # Whether the server takes jobkit's search attributes (`_attributes`).
+        self.attributes = Registration(address, namespace)
         self._workers: list[BackgroundWorker] = []
         _process.track(self)  # a fork and the process's exit
 
@@ -181,6 +179,33 @@ class TemporalEngine(EngineBase):
         with self._connection.call():
             return await self._loop.arun(self._cancel(job_id))
 
+    # -- operator capabilities (`engines/recovery.py`) ------------------------------------
+
+    def list_jobs(self, query: JobQuery) -> JobPage:
+        return self._operate(lambda: self._list(query))
+
+    async def alist_jobs(self, query: JobQuery) -> JobPage:
+        return await self._aoperate(lambda: self._list(query))
+
+    def describe(self, job_id: str) -> JobDetail | None:
+        return self._operate(lambda: self._describe_job(job_id))
+
+    async def adescribe(self, job_id: str) -> JobDetail | None:
+        return await self._aoperate(lambda: self._describe_job(job_id))
+
+    def retry(self, job_id: str, *, from_scratch: bool = False) -> JobInfo:
+        return self._operate(lambda: self._retry(job_id, from_scratch))
+
+    async def aretry(self, job_id: str, *, from_scratch: bool = False) -> JobInfo:
+        return await self._aoperate(lambda: self._retry(job_id, from_scratch))
+
+    def purge(self, queue: str, status: JobStatus) -> int:
+        # As long as it takes: a page of deletions at a time, each call bounded.
+        return self._operate(lambda: self._purge(queue, status), timeout=PURGE_TIMEOUT)
+
+    async def apurge(self, queue: str, status: JobStatus) -> int:
+        return await self._aoperate(lambda: self._purge(queue, status))
+
     def close(self) -> None:
         """Stop the workers started with `start_worker`, then the engine's loop once the
         calls in flight are over; the next call connects again."""
@@ -214,18 +239,39 @@ class TemporalEngine(EngineBase):
     def _sync_timeout(self) -> float:
         return self.connect_timeout + self.rpc_timeout + 1.0
 
+    def _operate(self, call: Callable[[], Coroutine[Any, Any, T]], timeout: float = 0.0) -> T:
+        """An operator call, from a plain thread: a few RPCs, each within the timeout."""
+        with self._connection.call():
+            return self._loop.run(call(), timeout or self.connect_timeout + 10 * self.rpc_timeout)
+
+    async def _aoperate(self, call: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        with self._connection.call():
+            return await self._loop.arun(call())
+
+    async def _lister(self) -> Lister:
+        return Lister(await self.link(), self.attributes, self.task_queue_prefix)
+
+    async def _list(self, query: JobQuery) -> JobPage:
+        return await (await self._lister()).page(query)
+
+    async def _describe_job(self, job_id: str) -> JobDetail | None:
+        return await _detail.describe(await self.link(), job_id)
+
+    async def _retry(self, job_id: str, from_scratch: bool) -> JobInfo:
+        link = await self.link()
+        return await _retry.retry(
+            link, self.attributes, self.task_queue_prefix, job_id, from_scratch
+        )
+
+    async def _purge(self, queue: str, status: JobStatus) -> int:
+        return await _purge.purge(await self._lister(), queue, status)
+
     @property
     def _rpc_timeout(self) -> timedelta:
         return timedelta(seconds=self.rpc_timeout)
 
-    def _unavailable(self, exc: RPCError) -> EngineUnavailableError | RPCError:
-        if exc.status in _UNAVAILABLE:
-            why = f"RPCError {exc.status.name}: {exc.message or 'no detail given'}"
-            return EngineUnavailableError(f"Temporal at {self.address} is unavailable: {why}")
-        return exc
-
     async def _enqueue(self, request: JobRequest) -> bool:
-        client = await self.client()
+        link = await self.link()
         now = utcnow()
         due = request.due_at(now)
         delay = None if due is None or due <= now else due - now
@@ -247,103 +293,46 @@ class TemporalEngine(EngineBase):
         )
         try:
             return await self._starts.start_job(
-                client, job, request.job_id, self.task_queue(request.queue), delay
+                link.client,
+                job,
+                request.job_id,
+                self.task_queue(request.queue),
+                delay,
+                self.attributes,
             )
         except RPCError as exc:
-            raise self._unavailable(exc) from exc
+            raise link.unavailable(exc) from exc
 
-    async def _describe(self, job_id: str) -> WorkflowExecutionDescription | None:
+    async def link(self) -> Link:
+        """The connected client with this engine's timeout and error mapping."""
         client = await self.client()
-        try:
-            description = await client.get_workflow_handle(job_id).describe(
-                rpc_timeout=self._rpc_timeout
-            )
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
-                return None
-            raise self._unavailable(exc) from exc
-        return description if description.workflow_type == WORKFLOW_NAME else None
+        return Link(client, self.address, self.namespace, self._rpc_timeout)
 
     async def _get(self, job_id: str) -> JobInfo | None:
-        description = await self._describe(job_id)
-        if description is None:
+        link = await self.link()
+        description = await describe_run(link, job_id)
+        state = None if description is None else await job_state(description)
+        if description is None or state is None:
             return None
-        memo = await description.memo_value(MEMO_KEY, None)
-        if memo is None:
+        try:
+            return await job_info(link, description, state)
+        except JobNotFoundError:  # deleted since it was described
             return None
-        state = JobState.model_validate(memo)
-        if state.moved_to is not None:
-            return None  # another engine had the job first and ran it: it is the job
-        return await self._info(description, state)
-
-    async def _info(self, description: WorkflowExecutionDescription, state: JobState) -> JobInfo:
-        job_id = description.id
-        status = description.status
-        if status in (None, WorkflowExecutionStatus.RUNNING):
-            return state.info(job_id, ENGINE, status=_running_status(state, utcnow()))
-        finished = {"finished_at": description.close_time}
-        if status == WorkflowExecutionStatus.COMPLETED:
-            result = await self._result(description)
-            return state.info(
-                job_id, ENGINE, status=JobStatus.SUCCEEDED, result=result, error=None, **finished
-            )
-        if status == WorkflowExecutionStatus.FAILED:
-            # The memo has the error when the workflow failed the job itself; an error it
-            # holds otherwise is an earlier attempt's.
-            error = state.error if state.status == JobStatus.FAILED else None
-            error = JobError(**error.model_dump()) if error else await self._failure(description)
-            return state.info(job_id, ENGINE, status=JobStatus.FAILED, error=error, **finished)
-        if status == WorkflowExecutionStatus.TIMED_OUT:
-            error = JobError("JobTimeoutError", "the workflow ran past its execution timeout")
-            return state.info(job_id, ENGINE, status=JobStatus.FAILED, error=error, **finished)
-        if status == WorkflowExecutionStatus.TERMINATED:
-            error = await self._termination(description)
-            if error is not None:  # jobkit stopped the job for a fault of its own
-                return state.info(job_id, ENGINE, status=JobStatus.FAILED, error=error, **finished)
-        # Cancelled, or terminated by an operator: stopped on request, without a result.
-        return state.info(
-            job_id, ENGINE, status=JobStatus.CANCELLED, scheduled_for=None, **finished
-        )
-
-    async def _result(self, description: WorkflowExecutionDescription) -> Any:
-        client = await self.client()
-        handle = client.get_workflow_handle(description.id, run_id=description.run_id)
-        try:
-            return await handle.result(follow_runs=False, rpc_timeout=self._rpc_timeout)
-        except RPCError as exc:
-            raise self._unavailable(exc) from exc
-
-    async def _failure(self, description: WorkflowExecutionDescription) -> JobError:
-        """The failure in the workflow's history (a non-determinism error, a fault)."""
-        try:
-            await self._result(description)
-        except WorkflowFailureError as exc:
-            return failure_error(description.id, exc.cause)
-        return failure_error(description.id, None)
-
-    async def _termination(self, description: WorkflowExecutionDescription) -> JobError | None:
-        """The error jobkit recorded when it terminated the workflow, if it did."""
-        try:
-            await self._result(description)
-        except WorkflowFailureError as exc:
-            if isinstance(exc.cause, TerminatedError):
-                return termination_error(exc.cause.details)
-        return None
 
     async def _cancel(self, job_id: str) -> bool:
-        description = await self._describe(job_id)
+        link = await self.link()
+        description = await describe_run(link, job_id)
         if description is None:
             raise JobNotFoundError(job_id)
         if description.status != WorkflowExecutionStatus.RUNNING:
             return False
-        client = await self.client()
-        handle = client.get_workflow_handle(job_id, run_id=description.run_id)
+        handle = link.client.get_workflow_handle(job_id, run_id=description.run_id)
         try:
             await handle.cancel(rpc_timeout=self._rpc_timeout)
         except RPCError as exc:
             if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
                 return False  # it finished in between
-            raise self._unavailable(exc) from exc
+            raise link.unavailable(exc) from exc
         if _unstarted(description) and not await _fencing(description):
             await self._end_unstarted(handle)
         return True
@@ -383,12 +372,3 @@ def _unstarted(description: WorkflowExecutionDescription) -> bool:
         return False
     # Started, first workflow task scheduled, cancellation requested: nothing else yet.
     return (description.history_length or 0) <= 3
-
-
-def _running_status(state: JobState, now: datetime) -> JobStatus:
-    """A scheduled job whose time has come waits for a worker: it is queued."""
-    if state.status == JobStatus.SCHEDULED and (
-        state.scheduled_for is None or state.scheduled_for <= now
-    ):
-        return JobStatus.QUEUED
-    return state.status

@@ -6,7 +6,9 @@ whose steps are activities and whose sleeps are durable timers. The attempt loop
 workflow's own: a retryable failure waits the job's backoff on a timer and runs the
 handler again with `ctx.attempt + 1`; steps that completed are answered from the results
 the workflow keeps, so they are not run again (Temporal replays them from history after a
-worker restart). The job's state goes to the workflow memo at every change.
+worker restart). A retried job is a new run that starts from the results of the steps
+its earlier runs completed (`JobInput.seed`, see `_retry`). The job's state goes to the
+workflow memo at every change, with a short log of its attempts.
 
 What an execution ended with is decided by `settle`, as on every engine: also a handler
 interrupted by a cancel (`Cancelled`), and a job stopped by the history guard (`_guard`)
@@ -24,9 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
-from temporalio.workflow import ActivityCancellationType
+from temporalio.exceptions import ApplicationError, is_cancelled_exception
 
 from jobkit.errors import HistoryLimitError
 from jobkit.queues import default_queues
@@ -42,16 +42,18 @@ from jobkit_dispatch.engines.temporal._model import (
     JobState,
     ProgressState,
 )
-from jobkit_dispatch.engines.temporal._steps import from_activity_error
 from jobkit_dispatch.engines.temporal._unknown import HandBack, unknown_here
+from jobkit_dispatch.engines.temporal._workflow_steps import (
+    ActivitySteps,
+    cancel_requested,
+    refuse_if_cancelled,
+)
 from jobkit_engine import JobContext, JobDefinition, JobError, JobStatus, Progress, default_registry
 from jobkit_engine.runtime import (
     Cancelled,
     Decision,
-    DictStepMemo,
     Failed,
     Finish,
-    MemoSteps,
     Outcome,
     RunAgain,
     attempt_deadline,
@@ -62,98 +64,6 @@ from jobkit_engine.runtime import (
 
 ENGINE = "temporal"
 
-# Temporal retries a step only when its worker is lost or it times out; a step's own
-# exception is final for the attempt (the activity raises it as non-retryable).
-STEP_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=0,
-)
-# A cancelled job waits until its running step has stopped (within about a second, the
-# heartbeat throttle), so that no step goes on once get_job says cancelled.
-STEP_CANCELLATION = ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
-
-
-class _WorkflowClock:
-    """Workflow time: deterministic, and skipped by Temporal's time-skipping test server.
-
-    A short sleep waits here, on a timer of the job's history: the history guard first.
-    """
-
-    def __init__(self, history: HistoryGuard) -> None:
-        self._history = history
-
-    def now(self) -> datetime:
-        return workflow.now()
-
-    async def sleep_until(self, when: datetime) -> None:
-        remaining = when - workflow.now()
-        if remaining > timedelta(0):
-            self._history.check("a sleep")
-            await workflow.sleep(remaining)
-
-
-class _ActivitySteps:
-    """Where a step function runs in a workflow: an activity named after the function.
-
-    Everything else about a step — its rules, its memo (`JobWorkflow._results`, shared by
-    all attempts and rebuilt from history on replay), sleeps — is `MemoSteps`, as on
-    every engine.
-    """
-
-    def __init__(self, job: JobWorkflow, definition: JobDefinition[Any, Any]) -> None:
-        self._job = job
-        self._timeout = attempt_timeout(definition, default_queues)
-
-    def steps(self) -> MemoSteps:
-        job = self._job
-        return MemoSteps(
-            DictStepMemo(job._results),
-            _WorkflowClock(job._history),
-            job._sleep_threshold,
-            max_bytes=job._max_bytes,
-            run_step=self.run,
-            suspend=job.sleep_durably,
-            before_step=_refuse_if_cancelled,
-        )
-
-    async def run(
-        self, step_id: str, ref: str, fn: Callable[..., Any], call: dict[str, Any]
-    ) -> Any:
-        self._job._history.check(f"step {step_id!r}")
-        try:
-            result = await workflow.execute_activity(
-                ref,
-                {**call, "max_bytes": self._job._max_bytes},
-                activity_id=step_id,
-                summary=step_id,
-                start_to_close_timeout=self._budget(),
-                heartbeat_timeout=self._job._heartbeat_timeout,
-                retry_policy=STEP_RETRY,
-                cancellation_type=STEP_CANCELLATION,
-            )
-        except ActivityError as exc:
-            failure = from_activity_error(step_id, exc)
-            raise failure from failure.__cause__
-        # A step that finished as the cancel came (STEP_CANCELLATION hands its result back):
-        # the job is cancelled all the same.
-        await _refuse_if_cancelled(step_id)
-        return result
-
-    def _budget(self) -> timedelta:
-        """What is left of the attempt's timeout: a step never outlives its attempt."""
-        deadline = attempt_deadline()
-        when = None if deadline is None else deadline.when()
-        if when is None:
-            return self._timeout
-        left = when - asyncio.get_running_loop().time()
-        return max(timedelta(seconds=left), timedelta(seconds=1))
-
-
-def _cancel_requested() -> bool:
-    return workflow.cancellation_reason() is not None
-
 
 def _stopped_by(exc: HistoryLimitError | asyncio.CancelledError) -> Outcome | None:
     """What `exc`, raised out of the handler or a wait of the workflow's own (for a slot,
@@ -161,14 +71,7 @@ def _stopped_by(exc: HistoryLimitError | asyncio.CancelledError) -> Outcome | No
     eviction cancels every task of the workflow, with no cancel requested)."""
     if isinstance(exc, HistoryLimitError):
         return Failed(JobError.from_exception(exc), None)
-    return Cancelled() if _cancel_requested() else None
-
-
-async def _refuse_if_cancelled(step_id: str) -> None:
-    """No step starts once the job was cancelled, even in a handler that swallowed the
-    interruption."""
-    if _cancel_requested():
-        raise asyncio.CancelledError()
+    return Cancelled() if cancel_requested() else None
 
 
 @workflow.defn(name=WORKFLOW_NAME)
@@ -184,7 +87,7 @@ class JobWorkflow:
             if job.step_heartbeat_timeout is None
             else timedelta(seconds=job.step_heartbeat_timeout)
         )
-        self._results: dict[str, Any] = {}
+        self._results: dict[str, Any] = job.seed_results()  # a retry's completed steps
         self._max_bytes = job.max_payload_bytes
         self._history = HistoryGuard.of(job)
         self._dirty = False
@@ -278,6 +181,7 @@ class JobWorkflow:
         try:
             if in_slot:
                 await self._slot.acquire(self._queued)
+            self._state.attempt_began(attempt, workflow.now())
             self._set(
                 status=JobStatus.RUNNING,
                 attempts=attempt,
@@ -301,7 +205,7 @@ class JobWorkflow:
             self._slot.release()
 
     def _settle(self, outcome: Outcome) -> Decision:
-        decision = settle(outcome, now=workflow.now(), cancel_requested=_cancel_requested())
+        decision = settle(outcome, now=workflow.now(), cancel_requested=cancel_requested())
         log_decision(self._state, decision)
         return decision
 
@@ -312,10 +216,13 @@ class JobWorkflow:
         if decision.status == JobStatus.SUCCEEDED:
             # get_job reads success, its time and the result from the closed workflow:
             # the memo changes only if something else did in this activation.
+            if self._dirty:
+                self._state.attempt_ended("succeeded", workflow.now(), None)
             self._flush()
             return decision.result
         assert decision.error is not None
         error = ErrorState.of(decision.error)
+        self._state.attempt_ended("failed", workflow.now(), decision.error)
         self._set(status=JobStatus.FAILED, error=error)
         self._flush()
         raise ApplicationError(decision.error.message, type=error.type, non_retryable=True)
@@ -323,6 +230,8 @@ class JobWorkflow:
     async def _wait_to_run_again(self, decision: RunAgain) -> None:
         """Wait, on a durable timer, until the next execution is due."""
         self._history.check(f"the retry after attempt {self._state.attempts}")
+        if not decision.resume:
+            self._state.attempt_ended("retrying", workflow.now(), decision.error)
         self._set(
             status=decision.status,
             scheduled_for=decision.at,
@@ -339,7 +248,7 @@ class JobWorkflow:
                 job_name=definition.name,
                 attempt=attempt,
                 engine=ENGINE,
-                step=_ActivitySteps(self, definition).steps(),
+                step=ActivitySteps(self, definition).steps(),
                 progress_sink=self._set_progress,
             )
 
@@ -351,7 +260,7 @@ class JobWorkflow:
         The time asleep does not count against the attempt's timeout, as on engines where a
         long sleep ends the execution; as there, a cancelled job does not start one.
         """
-        await _refuse_if_cancelled(step_id)
+        await refuse_if_cancelled(step_id)
         self._history.check(f"sleep {step_id!r}")
         deadline = attempt_deadline()
         when = None if deadline is None else deadline.when()
