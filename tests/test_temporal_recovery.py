@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shlex
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -289,8 +293,35 @@ def test_a_server_without_the_search_attributes_still_runs_jobs(
                 assert [info.job_id for info in listed] == [second, first]
                 with pytest.raises(ConfigurationError, match="search-attribute create"):
                     engine.list_jobs(JobQuery(job_name="recovery.quick"))
+            # The command the warning names registers them all: jobs are listed by name.
+            command = [*shlex.split(register_command()), "--address", server.address]
+            subprocess.run(command, check=True, capture_output=True, env=_cli_env(tmp_path))
+            named = TemporalEngine(server.address, task_queue_prefix="bare-")
+            with named.start_worker([jobs.LIST_QUEUE]), use_engine(named):
+                third = dispatch_job(jobs.quick, {"workdir": "", "label": "c"}).job_id
+                assert wait_for_job(third).status == "succeeded"
+                by_name = JobQuery(job_name="recovery.quick")
+                listed = _polled(lambda: named.list_jobs(by_name).jobs, lambda f: len(f) == 1)
+                assert [info.job_id for info in listed] == [third]
+            named.close()
         finally:
             engine.close()
+
+
+def _cli_env(home: Path) -> dict[str, str]:
+    """The temporal CLI from this interpreter's environment, writing its files in `home`."""
+    return {
+        **os.environ,
+        "HOME": str(home),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+
+
+def test_jobkit_dev_and_the_fixtures_register_the_search_attributes() -> None:
+    command = TemporalDevServer().command("temporal")
+    for name in ("JobkitJobName", "JobkitQueue", "JobkitCreatedAt"):
+        assert f"{name}=Keyword" in command
+    assert "--search-attribute" not in TemporalDevServer(search_attributes=False).command("t")
 
 
 # -- the memo ------------------------------------------------------------------------------

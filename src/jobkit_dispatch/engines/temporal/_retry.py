@@ -42,7 +42,9 @@ async def retry(
     """Start the job again (see the module docstring) and return its new state."""
     job = await _retryable(link, job_id, from_scratch)
     task_queue = task_queue_prefix + job.queue
-    named = attributes.for_job(job.job_name, job.queue, job.created_at)
+    named = await attributes.for_job(
+        link.client, link.rpc_timeout, job.job_name, job.queue, job.created_at
+    )
     try:
         await _start(link, job, job_id, task_queue, named)
     except RPCError as exc:

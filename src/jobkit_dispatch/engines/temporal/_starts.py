@@ -108,7 +108,10 @@ class StartGate:
         start did not get through, and the `RPCError` of any other refusal.
         """
         token = uuid.uuid4().hex  # tells this dispatch's workflow from one that existed
-        attributes = registration.for_job(job.job_name, job.queue, job.created_at)
+        rpc = timedelta(seconds=self.rpc_timeout)
+        attributes = await registration.for_job(
+            client, rpc, job.job_name, job.queue, job.created_at
+        )
 
         async def attempt(rpc_timeout: timedelta) -> None:
             await client.start_workflow(
