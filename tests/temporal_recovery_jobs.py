@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from jobkit.queues import QueueSpec, default_queues
 from jobkit_dispatch.conformance._files import count, tally
-from jobkit_engine import JobContext, job
+from jobkit_engine import JobContext, Retry, job
 
 QUEUE = "temporal-recovery"
 LIST_QUEUE = "temporal-recovery-list"
@@ -66,3 +66,29 @@ async def purged(ctx: JobContext, payload: Work) -> str:
     if payload.label == "fail":
         return await ctx.step.run("charge", charge, payload.workdir)
     return await ctx.step.run("label", label, payload.label)
+
+
+UPGRADE_QUEUE = "temporal-recovery-upgrade"
+default_queues.register(
+    QueueSpec(UPGRADE_QUEUE, concurrency=2, default_timeout=timedelta(seconds=30))
+)
+
+
+def flaky(workdir: str) -> str:
+    """Fails its first run, then succeeds."""
+    tally(workdir, "flaky")
+    if count(workdir, "flaky") == 1:
+        raise ConnectionError("the first run fails")
+    return "ok"
+
+
+@job("recovery.upgrade", queue=UPGRADE_QUEUE, retry=Retry(attempts=3, initial_delay=0.2))
+async def upgrade(ctx: JobContext, payload: Work) -> list[object]:
+    """A job whose history was recorded by an earlier jobkit (tests/data): every kind of
+    event that the attempt log and step summaries touch — a retry, both kinds of sleep,
+    progress."""
+    first = await ctx.step.run("first", counted, payload.workdir, "first")
+    await ctx.step.sleep("short", 0.05)
+    await ctx.step.sleep("long", 0.6)
+    ctx.report_progress(0.5, "half")
+    return [first, await ctx.step.run("flaky", flaky, payload.workdir)]

@@ -28,7 +28,7 @@ from jobkit.errors import ConfigurationError, JobNotFoundError, JobNotRetryableE
 from jobkit_dispatch import dispatch_job
 from jobkit_dispatch.conformance._files import count
 from jobkit_dispatch.engines.recovery import JobQuery, ListPosition, StepOutcome
-from jobkit_dispatch.testing import use_engine, wait_for_job
+from jobkit_dispatch.testing import replay_temporal_history, use_engine, wait_for_job
 from jobkit_dispatch.testing.temporal_server import TemporalDevServer
 from jobkit_engine import JobError, JobInfo, JobStatus
 from tests import temporal_recovery_jobs as jobs
@@ -322,6 +322,22 @@ def test_jobkit_dev_and_the_fixtures_register_the_search_attributes() -> None:
     for name in ("JobkitJobName", "JobkitQueue", "JobkitCreatedAt"):
         assert f"{name}=Keyword" in command
     assert "--search-attribute" not in TemporalDevServer(search_attributes=False).command("t")
+
+
+# -- jobs in flight across an upgrade ----------------------------------------------------
+
+# A run of `recovery.upgrade` (a retried attempt, a short and a long sleep, progress),
+# recorded with jobkit as of commit 0511bf5, before the attempt log and the sleeps' summaries.
+RECORDED = Path(__file__).parent / "data" / "temporal_history_0511bf5.json"
+
+
+def test_a_job_recorded_before_the_attempt_log_replays() -> None:
+    """A job in flight when workers are upgraded replays its history with the new code:
+    the attempt log changes what the memo holds and the summaries what timers carry, never
+    which commands the workflow issues."""
+    replay_temporal_history(
+        RECORDED, job_id="a2811c93dc834d248800a91fb8aff4b0", modules=[jobs.__name__]
+    )
 
 
 # -- the memo ------------------------------------------------------------------------------
