@@ -14,7 +14,8 @@ from jobkit_engine import JobContext, Retry, job
 QUEUE = "temporal-recovery"
 LIST_QUEUE = "temporal-recovery-list"
 PURGE_QUEUE = "temporal-recovery-purge"
-for _queue in (QUEUE, LIST_QUEUE, PURGE_QUEUE):
+IDLE_QUEUE = "temporal-recovery-idle"  # no worker serves it: its jobs stay queued
+for _queue in (QUEUE, LIST_QUEUE, PURGE_QUEUE, IDLE_QUEUE):
     default_queues.register(QueueSpec(_queue, concurrency=4, default_timeout=timedelta(seconds=30)))
 
 BROKEN = "charge-broken"  # while this file exists in the workdir, the charge step fails
@@ -59,6 +60,11 @@ async def quick(ctx: JobContext, payload: Work) -> str:
 @job("recovery.fails", queue=LIST_QUEUE, retry=1)
 async def fails(ctx: JobContext, payload: Work) -> str:
     return await ctx.step.run("charge", charge, payload.workdir)
+
+
+@job("recovery.waits", queue=IDLE_QUEUE, retry=1)
+async def waits(ctx: JobContext, payload: Work) -> str:
+    return await ctx.step.run("label", label, payload.label)
 
 
 @job("recovery.purged", queue=PURGE_QUEUE, retry=1)

@@ -37,7 +37,7 @@ pytest.importorskip("temporalio")
 
 from temporalio.api.history.v1 import HistoryEvent
 
-from jobkit_dispatch.engines.temporal import TemporalEngine, register_command
+from jobkit_dispatch.engines.temporal import TemporalEngine, _listing, register_command
 from jobkit_dispatch.engines.temporal._model import ATTEMPT_LOG_LIMIT, JobState
 
 T = TypeVar("T")
@@ -129,6 +129,26 @@ def test_jobs_are_listed_newest_first_with_filters_and_a_cursor(
         ended[2].job_id,
     ]
     assert engine.cancel(scheduled)
+
+
+def test_open_jobs_are_listed_by_creation_a_retried_one_too(
+    engine: TemporalEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_listing, "MIN_BUDGET", 2)  # a page reads 2 runs: windows narrow
+    work = {"workdir": "", "label": "x"}
+    first = dispatch_job(jobs.waits, work).job_id  # no worker: it stays queued
+    assert engine.cancel(first)
+    assert wait_for_job(first).status == JobStatus.CANCELLED
+    later = [dispatch_job(jobs.waits, work).job_id for _ in range(2)]
+    engine.retry(first)  # its new run starts after the later jobs' runs
+    queued = JobQuery(queue=jobs.IDLE_QUEUE, status=JobStatus.QUEUED, limit=1)
+    try:
+        listed, pages = _polled(lambda: _all_pages(engine, queued), lambda r: len(r[0]) == 3)
+        assert [info.job_id for info in listed] == [later[1], later[0], first]
+        assert pages >= 3
+    finally:
+        for job_id in [first, *later]:
+            engine.cancel(job_id)
 
 
 # -- describe and retry ----------------------------------------------------------------------

@@ -52,7 +52,7 @@ from jobkit_engine import JobInfo, JobStatus
 
 MIN_BUDGET = 100  # runs a page may read from the server, at least
 MAX_BUDGET = 1000  # and at most (the server's page size limit)
-_NARROWINGS = 4
+_NARROWINGS = 8  # each leaves out budget - limit runs of the window or more
 
 # The Temporal statuses of a jobkit status that has ended.
 CLOSED_STATUSES = {
@@ -150,7 +150,9 @@ class Lister:
         if query.until is not None:
             where.append(self._created(named, "<", query.until))
         if query.after is not None:
-            where.append(self._created(named, "<=", query.after.at))
+            # A frontier of this engine's (no job id) comes after every job created then.
+            op = "<" if query.after.job_id == "" else "<="
+            where.append(self._created(named, op, query.after.at))
         runs, more = await self.fetch(where, budget(limit))
         lower: datetime | None = None
         for _ in range(_NARROWINGS):
@@ -278,11 +280,11 @@ def _closed_position(run: WorkflowExecution) -> ListPosition:
 
 
 async def _nth_latest_creation(runs: list[WorkflowExecution], n: int) -> datetime:
-    """The `n`-th latest creation time among `runs` (the earliest, if fewer)."""
+    """The `n`-th latest creation time among `runs` (the earliest, if fewer). A window
+    from there leaves out the rest of `runs`: read again, it holds fewer runs each time."""
     times = []
     for run in runs:
         state = await job_state(run)
-        created = state.created_at if state is not None else None
-        times.append(created or run.start_time)
+        times.append((state.created_at if state is not None else None) or run.start_time)
     times.sort(reverse=True)
     return times[min(n, len(times)) - 1]
