@@ -2,16 +2,19 @@
 
 The runs are read page by page (the server's page token is a position in its order, so
 deleting what was read does not move the pages after it), and each job's runs deleted
-with `DeleteWorkflowExecution`, a few at a time. Temporal deletes a closed run once the
-run's close has reached its visibility store: on a production server's defaults that
-can take half a minute, during which `get_job` may still find the job.
+with `DeleteWorkflowExecution`, a few at a time. Temporal deletes a closed run only once
+the run's close is acknowledged, which a server records every 30 s by default
+(`history.transferProcessorUpdateAckInterval`; the dev server of the fixtures: 1 s):
+`purge` returns when the deletions have taken effect, so `get_job` finds none of the jobs
+afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
-from temporalio.api.common.v1 import WorkflowExecution as RunRef
+from temporalio.api.common.v1 import WorkflowExecution as Run
 from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
 from temporalio.client import WorkflowExecution
 from temporalio.service import RPCError, RPCStatusCode
@@ -31,6 +34,9 @@ from jobkit_engine import JobStatus
 
 PAGE = 200  # runs read per page
 DELETES_IN_FLIGHT = 16
+SETTLE = 60.0  # seconds to wait for the deletions to take effect, at most
+
+log = logging.getLogger("jobkit.temporal")
 
 
 async def purge(lister: Lister, queue: str, status: JobStatus) -> int:
@@ -54,7 +60,8 @@ async def _purge(lister: Lister, queue: str, status: JobStatus, named: bool) -> 
         " AND ".join(where), page_size=PAGE, rpc_timeout=link.rpc_timeout
     )
     slots = asyncio.Semaphore(DELETES_IN_FLIGHT)
-    deleted = 0
+    jobs = 0
+    deleted: list[Run] = []  # every run, the earlier runs of retried jobs too
     while True:
         try:
             await runs.fetch_next_page()
@@ -62,42 +69,72 @@ async def _purge(lister: Lister, queue: str, status: JobStatus, named: bool) -> 
             raise link.unavailable(exc) from exc
         page = list(runs.current_page or ())
         earlier = await lister.superseded(page)
-        jobs = [run for run in page if run.run_id not in earlier]
-        outcomes = await asyncio.gather(*(_delete_job(lister, run, status, slots) for run in jobs))
-        deleted += sum(outcomes)
+        latest = [run for run in page if run.run_id not in earlier]
+        outcomes = await asyncio.gather(*(_delete_job(lister, r, status, slots) for r in latest))
+        for job, runs_deleted in outcomes:
+            jobs += job
+            deleted += runs_deleted
         if runs.next_page_token is None:
-            return deleted
+            break
+    await _gone(lister, deleted, slots)
+    return jobs
+
+
+async def _gone(lister: Lister, runs: list[Run], slots: asyncio.Semaphore) -> None:
+    """Wait until Temporal has deleted `runs` (a deletion takes effect once the run's close
+    is acknowledged), for at most `SETTLE` seconds: then `get_job` no longer finds them."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SETTLE
+    while runs and loop.time() < deadline:
+        left = await asyncio.gather(*(_exists(lister, run, slots) for run in runs))
+        runs = [run for run, exists in zip(runs, left, strict=True) if exists]
+        if runs:
+            await asyncio.sleep(0.1)
+    if runs:
+        log.warning("%d purged Temporal runs were not deleted yet after %g s", len(runs), SETTLE)
+
+
+async def _exists(lister: Lister, run: Run, slots: asyncio.Semaphore) -> bool:
+    async with slots:
+        handle = lister.link.client.get_workflow_handle(run.workflow_id, run_id=run.run_id)
+        try:
+            await handle.describe(rpc_timeout=lister.link.rpc_timeout)
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise lister.link.unavailable(exc) from exc
+        return True
 
 
 async def _delete_job(
     lister: Lister, run: WorkflowExecution, status: JobStatus, slots: asyncio.Semaphore
-) -> bool:
-    """Delete the job whose latest run is `run` if it ended with `status`."""
+) -> tuple[bool, list[Run]]:
+    """Delete the job whose latest run is `run` if it ended with `status`: whether it was
+    deleted here (not by someone else meanwhile), and the runs deleted."""
     async with slots:
         state = await job_state(run)
         if state is None:  # not a job of this engine
-            return False
+            return False, []
         try:
             ended = quick_status(run, state) or (await job_info(lister.link, run, state)).status
         except JobNotFoundError:  # deleted by someone else meanwhile
-            return False
+            return False, []
         if ended != status:
-            return False
-        earlier: list[str] = []
+            return False, []
+        runs = [Run(workflow_id=run.id, run_id=run.run_id)]
         if state.retries:  # its earlier runs go too, or the latest of them would be the job
             where = [f"WorkflowType = {quote(WORKFLOW_NAME)}", f"WorkflowId = {quote(run.id)}"]
-            earlier = [each.run_id for each in (await lister.fetch(where, MAX_BUDGET))[0]]
-        for run_id in earlier:  # first: the job never shows as one of them meanwhile
-            if run_id != run.run_id:
-                await _delete(lister, run.id, run_id)
-        return await _delete(lister, run.id, run.run_id)
+            found = (await lister.fetch(where, MAX_BUDGET))[0]
+            earlier = [each for each in found if each.run_id != run.run_id]
+            runs = [Run(workflow_id=each.id, run_id=each.run_id) for each in earlier] + runs
+        # The earlier runs first: the job never shows as one of them meanwhile.
+        deleted = [each for each in runs if await _delete(lister, each)]
+        return bool(deleted) and deleted[-1] == runs[-1], deleted
 
 
-async def _delete(lister: Lister, job_id: str, run_id: str) -> bool:
+async def _delete(lister: Lister, run: Run) -> bool:
     link = lister.link
-    request = DeleteWorkflowExecutionRequest(
-        namespace=link.namespace, workflow_execution=RunRef(workflow_id=job_id, run_id=run_id)
-    )
+    request = DeleteWorkflowExecutionRequest(namespace=link.namespace, workflow_execution=run)
     try:
         await link.client.workflow_service.delete_workflow_execution(
             request, retry=True, timeout=link.rpc_timeout
