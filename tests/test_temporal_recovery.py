@@ -9,6 +9,7 @@ waits for.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -109,8 +110,10 @@ def test_jobs_are_listed_newest_first_with_filters_and_a_cursor(
     assert listed[1].error is not None and listed[1].error.message == "the card was declined"
     assert listed[2].result == "4"  # as get_job reports it
 
-    failed = engine.list_jobs(JobQuery(queue=jobs.LIST_QUEUE, status=JobStatus.FAILED))
+    only_failed = JobQuery(queue=jobs.LIST_QUEUE, status=JobStatus.FAILED)
+    failed = engine.list_jobs(only_failed)
     assert [info.job_id for info in failed.jobs] == [ended[-1].job_id]
+    assert asyncio.run(engine.alist_jobs(only_failed)) == failed  # the async twin
     named = engine.list_jobs(JobQuery(queue=jobs.LIST_QUEUE, job_name="recovery.quick"))
     assert [info.job_id for info in named.jobs] == newest_first[:1] + newest_first[2:]
     waiting = engine.list_jobs(
@@ -198,6 +201,7 @@ def test_describe_shows_the_steps_the_error_and_the_job_name(
     assert detail.extra["search_attributes"]["JobkitJobName"] == "recovery.order"
     assert detail.extra["search_attributes"]["JobkitQueue"] == jobs.QUEUE
     assert engine.describe("no-such-job") is None
+    assert asyncio.run(engine.adescribe(failed_order.job_id)) == detail  # the async twin
 
 
 def test_a_retry_resumes_at_the_failed_step(
