@@ -39,12 +39,8 @@ CREATED_AT = SearchAttributeKey.for_keyword("JobkitCreatedAt")
 NAMES = (JOB_NAME.name, QUEUE.name, CREATED_AT.name)
 
 RECHECK = 600.0  # seconds: a server refused them; try again after this long
-_NO_ANSWER = {
-    RPCStatusCode.UNAVAILABLE,
-    RPCStatusCode.DEADLINE_EXCEEDED,
-    RPCStatusCode.CANCELLED,
-    RPCStatusCode.RESOURCE_EXHAUSTED,
-}
+# The server did not answer the question: it would not answer the start either.
+_NO_ANSWER = {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED}
 
 log = logging.getLogger("jobkit.temporal")
 
@@ -131,7 +127,8 @@ class Registration:
     async def for_job(
         self, client: Client, rpc_timeout: timedelta, job_name: str, queue: str, created: datetime
     ) -> TypedSearchAttributes:
-        """The attributes to start a job with: none unless the server takes them."""
+        """The attributes to start a job with: none unless the server takes them. Raises
+        the `RPCError` of a server that did not answer the question."""
         if self._known is None or (self._known is False and self.usable):
             await self._ask(client, rpc_timeout)
         return of_job(job_name, queue, created) if self._known else TypedSearchAttributes.empty
@@ -154,8 +151,10 @@ class Registration:
         try:
             await client.count_workflows(f"{JOB_NAME.name} = 'jobkit'", rpc_timeout=rpc_timeout)
         except RPCError as exc:
-            if self.refused(exc) or exc.status in _NO_ANSWER:
-                return  # no answer: this start goes without them, the next one asks again
+            if exc.status in _NO_ANSWER:
+                raise  # the start is not tried: a hung server costs one call, not two
+            if self.refused(exc) or exc.status == RPCStatusCode.RESOURCE_EXHAUSTED:
+                return  # busy: this start goes without them, the next one asks again
             log.info(
                 "the Temporal server at %s has no visibility queries (%s): jobs start "
                 "without jobkit's search attributes",

@@ -42,15 +42,18 @@ async def retry(
     """Start the job again (see the module docstring) and return its new state."""
     job = await _retryable(link, job_id, from_scratch)
     task_queue = task_queue_prefix + job.queue
-    named = await attributes.for_job(
-        link.client, link.rpc_timeout, job.job_name, job.queue, job.created_at
-    )
     try:
-        await _start(link, job, job_id, task_queue, named)
+        named = await attributes.for_job(
+            link.client, link.rpc_timeout, job.job_name, job.queue, job.created_at
+        )
+        try:
+            await _start(link, job, job_id, task_queue, named)
+        except RPCError as exc:  # refused before anything was written
+            if not named.search_attributes or not attributes.refused(exc):
+                raise
+            await _start(link, job, job_id, task_queue, TypedSearchAttributes.empty)
     except RPCError as exc:
-        if not named.search_attributes or not attributes.refused(exc):
-            raise link.unavailable(exc) from exc
-        await _start(link, job, job_id, task_queue, TypedSearchAttributes.empty)
+        raise link.unavailable(exc) from exc
     run = await describe_run(link, job_id)
     state = None if run is None else await job_state(run)
     if run is None or state is None:  # deleted in between
