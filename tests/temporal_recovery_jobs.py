@@ -48,6 +48,18 @@ async def order(ctx: JobContext, payload: Work) -> list[object]:
     return [reserved, charged, notified]
 
 
+def bulk(n: int) -> str:
+    return "x" * n
+
+
+@job("recovery.bulky", queue=QUEUE, retry=1)
+async def bulky(ctx: JobContext, payload: Work) -> str:
+    """Two results of a million bytes each: too much to carry into a retry."""
+    for step in ("first-half", "second-half"):
+        await ctx.step.run(step, bulk, 1_000_000)
+    return await ctx.step.run("charge", charge, payload.workdir)
+
+
 def label(text: str) -> str:
     return text
 

@@ -25,7 +25,12 @@ from typing import TypeVar
 
 import pytest
 
-from jobkit.errors import ConfigurationError, JobNotFoundError, JobNotRetryableError
+from jobkit.errors import (
+    ConfigurationError,
+    JobNotFoundError,
+    JobNotRetryableError,
+    PayloadTooLargeError,
+)
 from jobkit_dispatch import dispatch_job
 from jobkit_dispatch.conformance._files import count
 from jobkit_dispatch.engines.recovery import JobQuery, ListPosition, StepOutcome
@@ -254,6 +259,20 @@ def test_a_retry_from_scratch_runs_every_step_again(
     info = wait_for_job(failed_order.job_id)
     assert info.status == JobStatus.SUCCEEDED and info.result == [2, "charged", 1]
     assert _ran(tmp_path) == {"reserve": 2, "charge": 2, "notify": 1}
+
+
+def test_results_too_large_for_a_retry_leave_a_retry_from_scratch(
+    engine: TemporalEngine, tmp_path: Path
+) -> None:
+    (tmp_path / jobs.BROKEN).touch()
+    job_id = dispatch_job(jobs.bulky, jobs.Work(workdir=str(tmp_path))).job_id
+    assert wait_for_job(job_id).status == JobStatus.FAILED
+    (tmp_path / jobs.BROKEN).unlink()
+    # The completed steps' results would travel in the new run's input: over 2 MB.
+    with pytest.raises(PayloadTooLargeError, match="2 completed steps"):
+        engine.retry(job_id)
+    engine.retry(job_id, from_scratch=True)
+    assert wait_for_job(job_id).result == "charged"
 
 
 def test_only_failed_or_cancelled_jobs_are_retried(engine: TemporalEngine) -> None:

@@ -11,6 +11,10 @@ timed out, so two retries at once make one run. Its input is the earlier run's, 
   sleep that is over is not slept again. `from_scratch` seeds nothing;
 - `earlier_attempts`: the attempt log so far, for `describe`; `retries`, one more.
 
+The results travel in the input, so they must fit in one Temporal payload with the job's
+payload (`RETRY_INPUT_LIMIT`); a job whose completed steps returned more is retried from
+scratch or not at all (`PayloadTooLargeError`).
+
 `created_at` stays the job's. The earlier runs stay in Temporal's history until its
 retention ends (the listing skips them: a job is its latest run).
 """
@@ -24,16 +28,25 @@ from temporalio.common import WorkflowIDReusePolicy as Reuse
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from jobkit.errors import CorruptJobError, JobNotFoundError, JobNotRetryableError
+from jobkit.errors import (
+    CorruptJobError,
+    JobNotFoundError,
+    JobNotRetryableError,
+    PayloadTooLargeError,
+)
 from jobkit_dispatch.engines.recovery import RETRYABLE_STATUSES
 from jobkit_dispatch.engines.temporal._detail import history
 from jobkit_dispatch.engines.temporal._history import job_input, seed, traces
 from jobkit_dispatch.engines.temporal._model import WORKFLOW_NAME, JobInput, JobState
 from jobkit_dispatch.engines.temporal._reading import Link, describe_run, job_info, job_state
 from jobkit_engine import JobInfo
+from jobkit_engine.runtime import json_size
 
 if TYPE_CHECKING:
     from jobkit_dispatch.engines.temporal._attributes import Registration
+
+RETRY_INPUT_LIMIT = 2_000_000
+"""Bytes of JSON a retry's input may have: Temporal refuses a payload past 2 MiB."""
 
 
 async def retry(
@@ -87,6 +100,14 @@ async def _retryable(link: Link, job_id: str, from_scratch: bool) -> JobInput:
             "hand_over_rq": False,
         }
     )
+    size = json_size(job.model_dump(mode="json"))
+    if size > RETRY_INPUT_LIMIT:
+        done = sum(step.done for step in steps)
+        what = (
+            f"the retry of job {job_id!r} (its payload and the results of {done} completed "
+            "steps; a retry from scratch carries none)"
+        )
+        raise PayloadTooLargeError(what, size, RETRY_INPUT_LIMIT)
     return job
 
 
