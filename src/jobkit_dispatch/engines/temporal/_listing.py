@@ -24,6 +24,7 @@ then the closed runs, latest close first, ties by run id descending; it refuses 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -189,20 +190,29 @@ class Lister:
         runs, more = await self.fetch(where, budget(limit))
         candidates = await self._candidates(runs, query.status, after)
         found: list[JobInfo] = []
-        for index, (position, run, state) in enumerate(candidates):
-            try:
-                info = await job_info(self.link, run, state)
-            except JobNotFoundError:  # purged since
-                continue
-            if query.status is not None and info.status != query.status:
-                continue
-            found.append(info)
-            if len(found) == limit:
-                last = index == len(candidates) - 1 and not more
-                return found, None if last else position
+        done = 0
+        while done < len(candidates):
+            # Read as many at once as could still be listed (a succeeded job's result is
+            # one history read each).
+            chunk = candidates[done : done + limit - len(found)]
+            infos = await asyncio.gather(*(self._info(run, state) for _, run, state in chunk))
+            for (position, _, _), info in zip(chunk, infos, strict=True):
+                done += 1
+                if info is None or (query.status is not None and info.status != query.status):
+                    continue
+                found.append(info)
+                if len(found) == limit:
+                    last = done == len(candidates) and not more
+                    return found, None if last else position
         if not more or not runs:
             return found, None
         return found, max(_closed_position(run) for run in runs)
+
+    async def _info(self, run: WorkflowExecution, state: JobState) -> JobInfo | None:
+        try:
+            return await job_info(self.link, run, state)
+        except JobNotFoundError:  # purged since it was listed
+            return None
 
     async def _candidates(
         self, runs: list[WorkflowExecution], status: JobStatus | None, after: ListPosition | None

@@ -1,9 +1,11 @@
 """`TemporalEngine`: jobs as workflows on a Temporal server.
 
 A job id is a workflow id. Enqueueing starts `JobWorkflow` on the queue's task queue with
-an id policy that never starts a second run for an id, running or closed; `get` reads the
-workflow's status and memo; `cancel` requests cancellation, which the handler sees as
-`asyncio.CancelledError` at its next await. The engine's calls run on its own event loop
+an id policy that never starts a second run for an id, running or closed (only `retry`
+does, `_retry`), and jobkit's search attributes (`_attributes`); `get` reads the latest
+run's status and memo (`_reading`); `cancel` requests cancellation, which the handler sees
+as `asyncio.CancelledError` at its next await. Operators list jobs through visibility
+queries (`_listing`), read one in full from its history (`_detail`), retry and purge. The engine's calls run on its own event loop
 (`_loop.LoopThread`), whatever thread or loop they come from, and through a circuit
 breaker (`_connection.Connection`): once Temporal failed to answer, calls fail at once
 with the cause until a background probe finds it answering again.
