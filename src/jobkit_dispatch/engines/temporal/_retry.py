@@ -49,12 +49,9 @@ RETRY_INPUT_LIMIT = 2_000_000
 """Bytes of JSON a retry's input may have: Temporal refuses a payload past 2 MiB."""
 
 
-async def retry(
-    link: Link, attributes: Registration, task_queue_prefix: str, job_id: str, from_scratch: bool
-) -> JobInfo:
+async def retry(link: Link, attributes: Registration, job_id: str, from_scratch: bool) -> JobInfo:
     """Start the job again (see the module docstring) and return its new state."""
-    job = await _retryable(link, job_id, from_scratch)
-    task_queue = task_queue_prefix + job.queue
+    job, task_queue = await _retryable(link, job_id, from_scratch)
     try:
         named = await attributes.for_job(
             link.client, link.rpc_timeout, job.job_name, job.queue, job.created_at
@@ -74,8 +71,8 @@ async def retry(
     return await job_info(link, run, state)
 
 
-async def _retryable(link: Link, job_id: str, from_scratch: bool) -> JobInput:
-    """The input of the run that retries the job."""
+async def _retryable(link: Link, job_id: str, from_scratch: bool) -> tuple[JobInput, str]:
+    """The input of the run that retries the job, and its task queue: the earlier run's."""
     run = await describe_run(link, job_id)
     state = None if run is None else await job_state(run)
     if run is None or state is None:
@@ -108,7 +105,7 @@ async def _retryable(link: Link, job_id: str, from_scratch: bool) -> JobInput:
             "steps; a retry from scratch carries none)"
         )
         raise PayloadTooLargeError(what, size, RETRY_INPUT_LIMIT)
-    return job
+    return job, run.task_queue
 
 
 async def _start(

@@ -5,10 +5,12 @@ an id policy that never starts a second run for an id, running or closed (only `
 does, `_retry`), and jobkit's search attributes (`_attributes`); `get` reads the latest
 run's status and memo (`_reading`); `cancel` requests cancellation, which the handler sees
 as `asyncio.CancelledError` at its next await. Operators list jobs through visibility
-queries (`_listing`), read one in full from its history (`_detail`), retry and purge. The engine's calls run on its own event loop
-(`_loop.LoopThread`), whatever thread or loop they come from, and through a circuit
-breaker (`_connection.Connection`): once Temporal failed to answer, calls fail at once
-with the cause until a background probe finds it answering again.
+queries (`_listing`), read one in full from its history (`_detail`), retry and purge.
+
+The engine's calls run on its own event loop (`_loop.LoopThread`), whatever thread or
+loop they come from, and through a circuit breaker (`_connection.Connection`): once
+Temporal failed to answer, calls fail at once with the cause until a background probe
+finds it answering again.
 """
 
 from __future__ import annotations
@@ -260,10 +262,7 @@ class TemporalEngine(EngineBase):
         return await _detail.describe(await self.link(), job_id)
 
     async def _retry(self, job_id: str, from_scratch: bool) -> JobInfo:
-        link = await self.link()
-        return await _retry.retry(
-            link, self.attributes, self.task_queue_prefix, job_id, from_scratch
-        )
+        return await _retry.retry(await self.link(), self.attributes, job_id, from_scratch)
 
     async def _purge(self, queue: str, status: JobStatus) -> int:
         return await _purge.purge(await self._lister(), queue, status)
