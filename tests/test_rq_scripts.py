@@ -228,8 +228,14 @@ async def test_recovery_of_a_cancelled_job_ends_it_cancelled(
     q = link.keys
     redis.zadd(q.running, {job_id: time.time() - 1})  # its worker died: the lease ran out
     recovered = await link.recover(
-        keys=[q.running, q.queue, q.failed, q.canceled],
-        args=[time.time(), keys.job_key_prefix, '{"type": "AbandonedJobError"}', 60],
+        keys=[q.running, q.queue, q.failed, q.canceled, q.open],
+        args=[
+            time.time(),
+            keys.job_key_prefix,
+            '{"type": "AbandonedJobError"}',
+            60,
+            keys.attempt_field_prefix,
+        ],
     )
     assert recovered == [job_id.encode()]
     info: Any = engine.get(job_id)
@@ -259,8 +265,14 @@ async def test_crash_recovery_decides_as_the_lifecycle_core(
     redis.zadd(q.running, {job_id: time.time() - 1})  # its worker died: the lease ran out
     abandoned = JobError("AbandonedJobError", "the worker running this job stopped")
     await link.recover(
-        keys=[q.running, q.queue, q.failed, q.canceled],
-        args=[time.time(), keys.job_key_prefix, encode_error(abandoned), 60],
+        keys=[q.running, q.queue, q.failed, q.canceled, q.open],
+        args=[
+            time.time(),
+            keys.job_key_prefix,
+            encode_error(abandoned),
+            60,
+            keys.attempt_field_prefix,
+        ],
     )
     now = datetime.now(UTC)
     expected = settle(

@@ -8,6 +8,7 @@ RQ's function name is the jobkit job *name*, a registry key — never an import 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -86,6 +87,8 @@ class ClaimedJob:
     attempt: int
     steps: dict[str, Any]
     unknown_since: float | None = None  # when a worker that did not know it first had it
+    retries: int = 0  # operator retries so far: the round this attempt belongs to
+    attempt_started: float | None = None  # when this attempt began (not its latest resume)
 
 
 def decode_claimed(job_id: str, flat: list[bytes], connection: Any) -> ClaimedJob:
@@ -101,6 +104,7 @@ def decode_claimed(job_id: str, flat: list[bytes], connection: Any) -> ClaimedJo
             if key.startswith(step_field_prefix)
         }
         since = raw.get("jk_unknown_since")
+        began = raw.get("jk_attempt_started")
         return ClaimedJob(
             job_id,
             job.func_name,
@@ -108,6 +112,8 @@ def decode_claimed(job_id: str, flat: list[bytes], connection: Any) -> ClaimedJo
             int(raw["jk_attempts"]),
             steps,
             None if since is None else float(since),
+            int(raw.get("jk_retries", b"0")),
+            None if began is None else float(began),
         )
     except Exception as exc:  # whatever is wrong with the hash, the job cannot run
         raise CorruptJobError(
@@ -150,6 +156,14 @@ def _progress(value: bytes) -> Progress:
     return Progress(**json.loads(value))
 
 
+def status_of(rq_status: str, wait: bytes | None) -> JobStatus:
+    """jobkit's status of a job hash: RQ's `status` field, and `jk_wait` (why a scheduled
+    job waits) to tell a sleep from a delay or a backoff."""
+    if rq_status == "scheduled":
+        return JobStatus.SLEEPING if wait == b"sleep" else JobStatus.SCHEDULED
+    return _STATUS.get(rq_status, JobStatus.QUEUED)
+
+
 def decode_info(job_id: str, values: list[bytes | None], engine: str) -> JobInfo | None:
     """`HMGET INFO_FIELDS` → `JobInfo`, or None when there is no such job. A field that
     cannot be read raises `CorruptJobError` naming it."""
@@ -158,11 +172,7 @@ def decode_info(job_id: str, values: list[bytes | None], engine: str) -> JobInfo
         return None  # no job, not one of jobkit's, or the marker of a job that moved (FENCE)
     if f.raw["status"] is None:
         raise CorruptJobError(job_id, "its record has no status")
-    rq_status = f.text("status")
-    if rq_status == "scheduled":
-        status = JobStatus.SLEEPING if f.raw["jk_wait"] == b"sleep" else JobStatus.SCHEDULED
-    else:
-        status = _STATUS.get(rq_status, JobStatus.QUEUED)
+    status = status_of(f.text("status"), f.raw["jk_wait"])
     return JobInfo(
         job_id=job_id,
         job_name=f.text("jk_name"),
@@ -180,6 +190,18 @@ def decode_info(job_id: str, values: list[bytes | None], engine: str) -> JobInfo
         started_at=f.read("jk_started_at", _time),
         finished_at=f.read("jk_finished_at", _time),
     )
+
+
+def micro_time() -> float:
+    """Now, to the microsecond. Times that order jobs in a listing (created, finished) are
+    stored at this precision, so that a stored time, its index score and the datetime
+    `get_job` reports are the same number and a listing cursor is exact."""
+    return round(time.time(), 6)
+
+
+def micros(at: float) -> int:
+    """A `micro_time` as whole microseconds: the score of the open-jobs index."""
+    return round(at * 1_000_000)
 
 
 def rq_now() -> str:

@@ -1,11 +1,14 @@
-"""`RQEngine`: the dispatch side. Each call is one Redis round trip (one script or HMGET)."""
+"""`RQEngine`: the dispatch side and the operator's. Each call is one Redis round trip (one
+script, HMGET or HGETALL; a page of a listing is one pipeline), except a purge, which
+deletes in batches."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from redis.exceptions import RedisError
 
@@ -15,15 +18,27 @@ from jobkit.errors import EngineUnavailableError, JobMovedError, JobNotFoundErro
 from jobkit.queues import QueueRegistry, default_queues
 from jobkit.settings import JobkitSettings, get_settings, redact_url
 from jobkit_dispatch.engines.base import EngineBase, Fenced, JobRequest
+from jobkit_dispatch.engines.recovery import JobDetail, JobPage, JobQuery
 from jobkit_dispatch.engines.rq import keys
-from jobkit_dispatch.engines.rq.codec import INFO_FIELDS, decode_info, job_mapping
+from jobkit_dispatch.engines.rq.codec import (
+    INFO_FIELDS,
+    decode_info,
+    job_mapping,
+    micro_time,
+    micros,
+)
+from jobkit_dispatch.engines.rq.detail import decode_detail
+from jobkit_dispatch.engines.rq.listing import Lister
+from jobkit_dispatch.engines.rq.recovery import Recovery
 from jobkit_dispatch.engines.rq.scripts import CANCEL, ENQUEUE, FENCE, LIVE_WORKERS, WITHDRAW
-from jobkit_engine import JobInfo
+from jobkit_engine import JobInfo, JobStatus
 
 if TYPE_CHECKING:
     from redis import Redis
 
 _ASK_REDIS = object()  # availability: the answer needs a round trip to Redis
+
+T = TypeVar("T")
 
 
 class RQEngine(EngineBase):
@@ -35,6 +50,10 @@ class RQEngine(EngineBase):
     supports_cancel_running: ClassVar[bool] = True
     supports_progress: ClassVar[bool] = True
     supports_pickup_confirmation: ClassVar[bool] = True
+    # Indexes kept by the scripts (`scripts_ops`): a page reads a bounded number of jobs.
+    supports_listing: ClassVar[bool] = True
+    supports_retry: ClassVar[bool] = True  # the step memo stays in the hash: resumes
+    supports_purge: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -51,6 +70,8 @@ class RQEngine(EngineBase):
         self._live_workers = self.redis.register_script(LIVE_WORKERS)
         self._withdraw = self.redis.register_script(WITHDRAW)
         self._fence = self.redis.register_script(FENCE)
+        self._lister = Lister(self.redis, self.settings, queues, self.name)
+        self._recovery = Recovery(self.redis, self.settings, self.name)
         self.breaker = CircuitBreaker(self.settings.circuit_cool_down)
         self._live: dict[str, tuple[float, int]] = {}  # queue -> (valid until, live workers)
 
@@ -119,13 +140,13 @@ class RQEngine(EngineBase):
                 if self.redis.hget(key, "status") != b"queued":
                     return True
                 time.sleep(0.005)
-            queue = keys.QueueKeys(request.queue).queue
-            return self._withdraw(keys=[key, queue], args=[request.job_id]) != 1
+            q = keys.QueueKeys(request.queue)
+            return self._withdraw(keys=[key, q.queue, q.open], args=[request.job_id]) != 1
         except RedisError:
             return True  # it is enqueued and cannot be withdrawn: it stays and runs here
 
     def enqueue(self, request: JobRequest) -> bool:
-        now = time.time()
+        now = micro_time()
         due = request.due_at(datetime.fromtimestamp(now, UTC))
         timeout = int(self._queues.get(request.queue).default_timeout.total_seconds())
         fields = job_mapping(request, now, timeout, self.redis)
@@ -139,12 +160,19 @@ class RQEngine(EngineBase):
             request.job_id,
             "at" if deferred else "now",
             due.timestamp() if due else 0,
+            micros(now),
         ]
         for item in fields.items():
             args.extend(item)
         try:
             reply = self._enqueue(
-                keys=[keys.job_key(request.job_id), q.queue, keys.queues_set_key, q.scheduled],
+                keys=[
+                    keys.job_key(request.job_id),
+                    q.queue,
+                    keys.queues_set_key,
+                    q.scheduled,
+                    q.open,
+                ],
                 args=args,
             )
         except RedisError as exc:
@@ -180,6 +208,7 @@ class RQEngine(EngineBase):
             keys.queue_key_prefix,
             keys.scheduled_key_prefix,
             mode,
+            keys.open_key_prefix,
         ]
         try:
             reply = self._fence(keys=[keys.job_key(job_id)], args=args)
@@ -204,12 +233,13 @@ class RQEngine(EngineBase):
     def cancel(self, job_id: str) -> bool:
         args = [
             job_id,
-            time.time(),
+            micro_time(),
             self.settings.failure_ttl,
             keys.cancel_channel,
             keys.queue_key_prefix,
             keys.scheduled_key_prefix,
             keys.canceled_key_prefix,
+            keys.open_key_prefix,
         ]
         self._refuse_if_open()
         try:
@@ -220,3 +250,43 @@ class RQEngine(EngineBase):
         if answer == -1:
             raise JobNotFoundError(job_id)
         return answer > 0
+
+    # -- operator capabilities (engines/recovery.py) ---------------------------------------
+
+    def _ask(self, call: Callable[[], T], *, written: bool = False) -> T:
+        """One operator call against Redis, with the circuit and the error mapping of
+        `get` (`written`: it changes jobs, see `_unavailable`)."""
+        self._refuse_if_open()
+        try:
+            answer = call()
+        except RedisError as exc:
+            raise self._unavailable(exc, written=written) from exc
+        self.breaker.success()
+        return answer
+
+    def list_jobs(self, query: JobQuery) -> JobPage:
+        return self._ask(lambda: self._lister.page(query, time.time()))
+
+    async def alist_jobs(self, query: JobQuery) -> JobPage:
+        return await asyncio.to_thread(self.list_jobs, query)
+
+    def describe(self, job_id: str) -> JobDetail | None:
+        raw = self._ask(lambda: self.redis.hgetall(keys.job_key(job_id)))
+        return decode_detail(job_id, raw, self.name, datetime.now(UTC), self.redis)
+
+    async def adescribe(self, job_id: str) -> JobDetail | None:
+        return await asyncio.to_thread(self.describe, job_id)
+
+    def retry(self, job_id: str, *, from_scratch: bool = False) -> JobInfo:
+        return self._ask(
+            lambda: self._recovery.retry(job_id, from_scratch=from_scratch), written=True
+        )
+
+    async def aretry(self, job_id: str, *, from_scratch: bool = False) -> JobInfo:
+        return await asyncio.to_thread(self.retry, job_id, from_scratch=from_scratch)
+
+    def purge(self, queue: str, status: JobStatus) -> int:
+        return self._ask(lambda: self._recovery.purge(queue, status), written=True)
+
+    async def apurge(self, queue: str, status: JobStatus) -> int:
+        return await asyncio.to_thread(self.purge, queue, status)

@@ -24,7 +24,13 @@ from jobkit.errors import CorruptJobError
 from jobkit.queues import QueueRegistry
 from jobkit.settings import JobkitSettings
 from jobkit_dispatch.engines.rq import keys
-from jobkit_dispatch.engines.rq.codec import ClaimedJob, decode_claimed, encode_error, rq_now
+from jobkit_dispatch.engines.rq.codec import (
+    ClaimedJob,
+    decode_claimed,
+    encode_error,
+    micro_time,
+    rq_now,
+)
 from jobkit_dispatch.engines.rq.poison import Poison
 from jobkit_dispatch.engines.rq.state import ProgressWriter, RedisStepMemo
 from jobkit_dispatch.engines.rq.unknown import UnknownJobs
@@ -191,11 +197,12 @@ class Executor:
         began, on the monotonic clock). FINISH applies settle's first rule again,
         atomically: a cancel accepted after this worker last looked still wins."""
         q, settings = self._link.keys, self._link.settings
-        now = time.time()
+        now = micro_time()
         when = datetime.fromtimestamp(now, UTC)
         decision = settle(outcome, now=when, cancel_requested=job_id in self._cancels)
         kind, due, ttl, fields = stored(decision, settings)
         args: list[Any] = [job_id, kind, now, due, ttl, settings.failure_ttl, rq_now()]
+        args.extend(attempt_record(claimed, kind, now, decision))
         for item in fields.items():
             args.extend(item)
         written = await self._link.finish(
@@ -207,6 +214,7 @@ class Executor:
                 q.finished,
                 q.failed,
                 q.canceled,
+                q.open,
             ],
             args=args,
         )
@@ -242,6 +250,34 @@ def stored(decision: Decision, settings: JobkitSettings) -> tuple[str, float, in
             kind = "sleep" if status == JobStatus.SLEEPING else "retry"
             return kind, at.timestamp(), 0, _error_field(error)
     raise TypeError(f"not a decision FINISH can store: {decision!r}")
+
+
+_ATTEMPT_OUTCOMES = {"succeeded": "succeeded", "failed": "failed", "retry": "retrying"}
+
+
+def attempt_record(
+    claimed: ClaimedJob | None, kind: str, now: float, decision: Decision
+) -> tuple[str, str, str]:
+    """FINISH's attempt arguments: the attempt's field, its record, and its record if a
+    cancel wins. An attempt that goes on (a sleep, a requeue after an interruption) gets
+    a record only if a cancel ends it; a job that could not be decoded gets none."""
+    if claimed is None:
+        return "", "", ""
+    field = f"{keys.attempt_field_prefix}{claimed.retries}:{claimed.attempt}"
+    base = {"number": claimed.attempt, "started": claimed.attempt_started, "finished": now}
+    cancelled = json.dumps({**base, "outcome": "cancelled", "error": None})
+    if kind == "cancelled":
+        return field, cancelled, cancelled
+    outcome = _ATTEMPT_OUTCOMES.get(kind)
+    if outcome is None:
+        return field, "", cancelled
+    error = getattr(decision, "error", None)
+    record = {**base, "outcome": outcome, "error": None if error is None else _error_json(error)}
+    return field, json.dumps(record), cancelled
+
+
+def _error_json(error: JobError) -> dict[str, Any]:
+    return {"type": error.type, "message": error.message, "traceback": error.traceback}
 
 
 def _error_field(error: JobError | None) -> dict[str, Any]:

@@ -8,6 +8,8 @@ needed and a dead worker's jobs are never lost.
 - Promotion: due scheduled jobs (delays, retry backoff, durable sleeps) move to the queue.
 - Recovery: jobs whose lease ran out (their worker died) are retried or failed, and ids a
   worker popped but never started are handed back.
+- Trimming: entries of the finished, failed and canceled registries whose job record has
+  expired are dropped, so those registries (which listing walks) hold only live jobs.
 
 Both loops survive any error: an outage is ridden out, anything else logged once and
 backed off (`guard`), so a poison value cannot stop promotion while the worker still
@@ -29,7 +31,7 @@ from redis.exceptions import RedisError
 from jobkit.health import check_queue_redis_async
 from jobkit.settings import redact_url
 from jobkit_dispatch.engines.rq import keys
-from jobkit_dispatch.engines.rq.codec import encode_error, rq_now
+from jobkit_dispatch.engines.rq.codec import encode_error, micro_time, rq_now
 from jobkit_dispatch.engines.rq.guard import LoopGuard
 from jobkit_engine import JobError
 
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     from jobkit_dispatch.engines.rq.link import WorkerLink
 
 log = logging.getLogger("jobkit.worker")
+
+TRIM_BATCH = 1000  # expired registry entries dropped per registry and pass (see `TRIM`)
 
 _ABANDONED = JobError("AbandonedJobError", "the worker running this job stopped responding")
 
@@ -219,15 +223,18 @@ class Housekeeper:
         # Renew our own leases first: after a Redis outage they may look expired, and a
         # job this worker still runs must not be handed to another.
         await self.renew()
+        now = micro_time()
         recovered = await link.recover(
-            keys=[q.running, q.queue, q.failed, q.canceled],
+            keys=[q.running, q.queue, q.failed, q.canceled, q.open],
             args=[
-                time.time(),
+                now,
                 keys.job_key_prefix,
                 encode_error(_ABANDONED),
                 link.settings.failure_ttl,
+                keys.attempt_field_prefix,
             ],
         )
+        await link.trim(keys=[q.finished, q.failed, q.canceled], args=[now, TRIM_BATCH])
         for job_id in recovered:
             log.warning(
                 "job %s: its worker stopped responding; retried or failed",

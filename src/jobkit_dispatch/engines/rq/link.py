@@ -27,6 +27,7 @@ from jobkit_dispatch.engines.rq.scripts import (
     RECOVER,
     START,
 )
+from jobkit_dispatch.engines.rq.scripts_ops import TRIM
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -56,6 +57,7 @@ class WorkerLink:
         self.promote = redis.register_script(PROMOTE)
         self.recover = redis.register_script(RECOVER)
         self.reclaim = redis.register_script(RECLAIM)
+        self.trim = redis.register_script(TRIM)
         self.aborting = False  # set by `RQWorker.abort`: stop waiting for Redis
         self._outage_since: float | None = None  # monotonic time Redis stopped answering
 

@@ -20,11 +20,10 @@ place that decides, with the one script here.
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING
 
 from jobkit_dispatch.engines.rq import keys
-from jobkit_dispatch.engines.rq.codec import rq_now
+from jobkit_dispatch.engines.rq.codec import micro_time, rq_now
 
 if TYPE_CHECKING:
     from jobkit_dispatch.engines.rq.link import WorkerLink
@@ -33,7 +32,7 @@ log = logging.getLogger("jobkit.worker")
 
 QUARANTINE_LIMIT = 10_000  # records kept per queue: a flood of garbage cannot fill Redis
 
-# KEYS: job, queue, claimed, scheduled, running, failed, quarantine.
+# KEYS: job, queue, claimed, scheduled, running, failed, quarantine, open.
 # ARGV: id, 'undecodable'|'check', now, failure ttl, queue name, quarantine limit, rq now.
 # 'undecodable' quarantines the id; 'check' (for an id the start script refused or failed
 # on) quarantines it when no hash exists, fails the job when its hash has no status or a
@@ -46,6 +45,7 @@ local function withdraw()
   redis.call('LREM', KEYS[3], 0, id)
   redis.call('ZREM', KEYS[4], id)
   redis.call('ZREM', KEYS[5], id)
+  redis.call('ZREM', KEYS[8], id)
 end
 local function hex(c) return string.format('%02x', string.byte(c)) end
 local function quarantine(reason)
@@ -133,11 +133,12 @@ class Poison:
                     q.running,
                     q.failed,
                     q.quarantine,
+                    q.open,
                 ],
                 args=[
                     raw_id,
                     mode,
-                    time.time(),
+                    micro_time(),
                     link.settings.failure_ttl,
                     q.name,
                     QUARANTINE_LIMIT,

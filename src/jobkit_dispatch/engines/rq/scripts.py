@@ -7,15 +7,17 @@ job is never lost and never run twice.
 
 from __future__ import annotations
 
-# KEYS: job, queue, queues set, scheduled. ARGV: id, 'now'|'at', due, field, value, ...
+# KEYS: job, queue, queues set, scheduled, open. ARGV: id, 'now'|'at', due, created (whole
+# microseconds), field, value, ...
 # 1: enqueued. When the id is taken: {the engine the job moved to (a FENCE marker) or
 # false, the reason stored with it}.
 ENQUEUE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return redis.call('HMGET', KEYS[1], 'jk_moved_to', 'jk_reason')
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('SADD', KEYS[3], KEYS[2])
+redis.call('ZADD', KEYS[5], ARGV[4], ARGV[1])
 if ARGV[2] == 'at' then
   redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
 else
@@ -25,7 +27,8 @@ return 1
 """
 
 # KEYS: job, claimed, running. ARGV: id, now, lease expiry, worker name, rq timestamp.
-# Returns the job hash, or false when the job is no longer ours to run.
+# Returns the job hash, or false when the job is no longer ours to run. A new attempt (not
+# the resumption of one after a sleep or a hand-back) records when it began.
 START = """
 if redis.call('LREM', KEYS[2], 1, ARGV[1]) == 0 then return false end
 if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return false end
@@ -33,6 +36,8 @@ if redis.call('HGET', KEYS[1], 'jk_resume') == '1' then
   redis.call('HDEL', KEYS[1], 'jk_resume')
 else
   redis.call('HINCRBY', KEYS[1], 'jk_attempts', 1)
+  local now = redis.call('TIME')  -- Redis' clock, as BEGIN_STEP's: steps are placed by it
+  redis.call('HSET', KEYS[1], 'jk_attempt_started', now[1] .. '.' .. string.format('%06d', now[2]))
 end
 redis.call('HSET', KEYS[1], 'status', 'started', 'started_at', ARGV[5],
   'worker_name', ARGV[4], 'jk_started_at', ARGV[2])
@@ -42,21 +47,25 @@ redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 return redis.call('HGETALL', KEYS[1])
 """
 
-# KEYS: job, running, scheduled, queue, finished, failed, canceled.
-# ARGV: id, outcome, now, due-or-expiry, ttl, cancelled ttl, rq end timestamp, field, value, ...
+# KEYS: job, running, scheduled, queue, finished, failed, canceled, open.
+# ARGV: id, outcome, now, due-or-expiry, ttl, cancelled ttl, rq end timestamp, attempt
+# field, its record ('' when the attempt goes on: a sleep, a requeue), its record if a
+# cancel wins, field, value, ...
 # A cancel accepted while the job ran (`jk_cancel`) wins over whatever the attempt ended
 # with: the job ends canceled, and the outcome's fields (result, error) are not written.
+# The attempt's record is written in the same step, so `describe` needs no other write.
 # Returns 0 when the lease was lost (the job was recovered elsewhere): nothing is written;
 # 2 when the cancel won over another outcome; 1 otherwise.
 FINISH = """
 if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
-local outcome, ttl, reply = ARGV[2], ARGV[5], 1
+local outcome, ttl, reply, record = ARGV[2], ARGV[5], 1, ARGV[9]
 if redis.call('HGET', KEYS[1], 'jk_cancel') then
   if outcome ~= 'cancelled' then outcome, reply = 'cancelled', 2 end
-  ttl = ARGV[6]
-elseif #ARGV > 7 then
-  redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+  ttl, record = ARGV[6], ARGV[10]
+elseif #ARGV > 10 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 11))
 end
+if record ~= '' then redis.call('HSET', KEYS[1], ARGV[8], record) end
 if outcome == 'retry' or outcome == 'sleep' then
   redis.call('HSET', KEYS[1], 'status', 'scheduled', 'jk_wait', outcome,
     'jk_scheduled_for', ARGV[4])
@@ -77,6 +86,7 @@ if outcome == 'cancelled' then status, registry = 'canceled', KEYS[7] end
 redis.call('HSET', KEYS[1], 'status', status, 'jk_finished_at', ARGV[3], 'ended_at', ARGV[7])
 redis.call('HDEL', KEYS[1], 'jk_scheduled_for', 'jk_wait', 'jk_resume')
 redis.call('ZADD', registry, ARGV[3] + ttl, ARGV[1])
+redis.call('ZREM', KEYS[8], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ttl)
 return reply
 """
@@ -115,14 +125,23 @@ local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {#ids, nxt[2] or false}
 """
 
-# KEYS: running, queue, failed, canceled. ARGV: now, job key prefix, error json, ttl.
+# KEYS: running, queue, failed, canceled, open.
+# ARGV: now, job key prefix, error json, ttl, attempt field prefix.
 # Jobs whose lease expired (their worker died) are retried, or failed when out of attempts;
-# as in FINISH, a cancel accepted while the job ran wins (canceled, no error written).
+# as in FINISH, a cancel accepted while the job ran wins (canceled, no error written), and
+# the lost attempt gets its record (`keys.attempt_field_prefix`).
 # A count that is no number reads as 0, and an id with no record (or none with a status)
 # goes to the queue: either way the worker that pops it fails or quarantines it (`poison`).
 RECOVER = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
 local recovered = {}
+local function record(key, number, outcome, err)
+  local job = redis.call('HMGET', key, 'jk_retries', 'jk_attempt_started')
+  local started = tonumber(job[2]) and job[2] or 'null'
+  redis.call('HSET', key, ARGV[5] .. (job[1] or '0') .. ':' .. number,
+    '{"number":' .. number .. ',"outcome":"' .. outcome .. '","started":' .. started ..
+    ',"finished":' .. ARGV[1] .. ',"error":' .. err .. '}')
+end
 for _, id in ipairs(ids) do
   local key = ARGV[2] .. id
   local removed = redis.call('ZREM', KEYS[1], id) == 1
@@ -133,15 +152,20 @@ for _, id in ipairs(ids) do
     local attempts = tonumber(redis.call('HGET', key, 'jk_attempts') or '1') or 0
     local limit = tonumber(redis.call('HGET', key, 'jk_max_attempts') or '1') or 1
     if redis.call('HGET', key, 'jk_cancel') then
+      record(key, attempts, 'cancelled', 'null')
       redis.call('HSET', key, 'status', 'canceled', 'jk_finished_at', ARGV[1])
       redis.call('ZADD', KEYS[4], ARGV[1] + ARGV[4], id)
+      redis.call('ZREM', KEYS[5], id)
       redis.call('EXPIRE', key, ARGV[4])
     elseif attempts < limit then
+      record(key, attempts, 'retrying', ARGV[3])
       redis.call('HSET', key, 'status', 'queued', 'jk_error', ARGV[3])
       redis.call('RPUSH', KEYS[2], id)
     else
+      record(key, attempts, 'failed', ARGV[3])
       redis.call('HSET', key, 'status', 'failed', 'jk_finished_at', ARGV[1], 'jk_error', ARGV[3])
       redis.call('ZADD', KEYS[3], ARGV[1] + ARGV[4], id)
+      redis.call('ZREM', KEYS[5], id)
       redis.call('EXPIRE', key, ARGV[4])
     end
     table.insert(recovered, id)
@@ -167,7 +191,8 @@ end
 return n
 """
 
-# KEYS: job. ARGV: id, now, ttl, channel, queue key prefix, scheduled prefix, canceled prefix.
+# KEYS: job. ARGV: id, now, ttl, channel, queue key prefix, scheduled prefix, canceled prefix,
+# open prefix.
 # 1: cancelled now; 2: running, cancellation sent to its worker; 0: already finished; -1: unknown.
 # For a running job, `jk_cancel` keeps when the first cancel was accepted (Redis' clock):
 # from then on no step starts (BEGIN_STEP) and the job ends canceled (FINISH, RECOVER).
@@ -186,6 +211,7 @@ end
 local queue = redis.call('HGET', KEYS[1], 'origin')
 redis.call('LREM', ARGV[5] .. queue, 0, ARGV[1])
 redis.call('ZREM', ARGV[6] .. queue, ARGV[1])
+redis.call('ZREM', ARGV[8] .. queue, ARGV[1])
 redis.call('HSET', KEYS[1], 'status', 'canceled', 'jk_finished_at', ARGV[2])
 redis.call('HDEL', KEYS[1], 'jk_scheduled_for', 'jk_wait', 'jk_resume')
 redis.call('ZADD', ARGV[7] .. queue, ARGV[2] + ARGV[3], ARGV[1])
@@ -203,18 +229,19 @@ end
 return alive
 """
 
-# KEYS: job, queue. ARGV: id.
+# KEYS: job, queue, open. ARGV: id.
 # 1: withdrawn (it will never run here); 0: a worker has it, or it is no longer queued;
 # -1: a worker popped it and is starting it: it stays.
 WITHDRAW = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
 if redis.call('LREM', KEYS[2], 0, ARGV[1]) == 0 then return -1 end
+redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('DEL', KEYS[1])
 return 1
 """
 
 # KEYS: job. ARGV: id, engine, its reason, marker ttl, queue key prefix, scheduled prefix,
-# 'hand-over' | 'look'.
+# 'hand-over' | 'look', open prefix.
 # Hands a job over to another engine (`engine`, which holds a copy under the same id),
 # unless an RQ worker has had it. {'moved', engine, reason}: RQ will never run the job — a
 # copy that no worker started is taken off its queue, and the hash becomes a marker (status
@@ -235,6 +262,7 @@ if ARGV[7] == 'look' then return {} end
 if origin then
   redis.call('LREM', ARGV[5] .. origin, 0, ARGV[1])
   redis.call('ZREM', ARGV[6] .. origin, ARGV[1])
+  redis.call('ZREM', ARGV[8] .. origin, ARGV[1])
 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'status', 'canceled', 'jk_moved_to', ARGV[2], 'jk_reason', ARGV[3])

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from jobkit_dispatch.engines.rq.keys import step_field_prefix
+from jobkit_dispatch.engines.rq.keys import step_field_prefix, step_saved_prefix
 from jobkit_engine import Progress
 from jobkit_engine.runtime import MISSING
 
@@ -37,11 +38,16 @@ class RedisStepMemo:
     async def save(self, step_id: str, value: Any) -> None:
         # A step that ran must not run again because Redis blinked: with `retrying` (the
         # worker's ride-out-the-outage loop) the write waits for Redis instead of failing.
-        field, data = step_field_prefix + step_id, json.dumps(value)
+        # With it, in the same HSET, when it was saved: a step.run's end, a sleep's start
+        # (`describe` reads both; no extra write).
+        mapping = {
+            step_field_prefix + step_id: json.dumps(value),
+            step_saved_prefix + step_id: time.time(),
+        }
         if self._retrying is None:
-            await self._redis.hset(self._key, field, data)
+            await self._redis.hset(self._key, mapping=mapping)
         else:
-            await self._retrying(lambda: self._redis.hset(self._key, field, data))
+            await self._retrying(lambda: self._redis.hset(self._key, mapping=mapping))
         self._data[step_id] = value
 
 
