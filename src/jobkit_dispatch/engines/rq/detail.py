@@ -4,9 +4,9 @@ Everything is already in the hash, written by the scripts that move the job, so 
 it costs no other command and running it no other write:
 
 - the payload: RQ's `args[0]`;
-- attempts: one `jk_att:<round>:<number>` record per ended attempt (FINISH, RECOVER);
-  the attempt still going on, or one ended by a script that writes no record (a cancel
-  while sleeping, a corrupt record failed by `poison`), is read from the job's fields;
+- attempts: one `jk_att:<round>:<number>` record per attempt that was retried (FINISH,
+  RECOVER) or that ended a round an operator retried (RETRY); the latest attempt — still
+  going on, or the one that ended the job — is read from the job's own fields;
 - steps: `jk_step:<id>` (the memo: a result, or a sleep's wake time), `jk_began:<id>`
   (when a step function was let start, Redis' clock) and `jk_saved:<id>` (when the memo
   was saved: a run's end, a sleep's start). A step that began and has no memo is placed

@@ -202,7 +202,7 @@ class Executor:
         decision = settle(outcome, now=when, cancel_requested=job_id in self._cancels)
         kind, due, ttl, fields = stored(decision, settings)
         args: list[Any] = [job_id, kind, now, due, ttl, settings.failure_ttl, rq_now()]
-        args.extend(attempt_record(claimed, kind, now, decision))
+        args.extend(attempt_record(claimed, kind, now, getattr(decision, "error", None)))
         for item in fields.items():
             args.extend(item)
         written = await self._link.finish(
@@ -252,28 +252,24 @@ def stored(decision: Decision, settings: JobkitSettings) -> tuple[str, float, in
     raise TypeError(f"not a decision FINISH can store: {decision!r}")
 
 
-_ATTEMPT_OUTCOMES = {"succeeded": "succeeded", "failed": "failed", "retry": "retrying"}
-
-
 def attempt_record(
-    claimed: ClaimedJob | None, kind: str, now: float, decision: Decision
-) -> tuple[str, str, str]:
-    """FINISH's attempt arguments: the attempt's field, its record, and its record if a
-    cancel wins. An attempt that goes on (a sleep, a requeue after an interruption) gets
-    a record only if a cancel ends it; a job that could not be decoded gets none."""
-    if claimed is None:
-        return "", "", ""
+    claimed: ClaimedJob | None, kind: str, now: float, error: JobError | None
+) -> list[str]:
+    """FINISH's attempt arguments: the attempt's field and its record. Only an attempt that
+    is retried gets one: one that ends the job is told by the job's own fields (a record
+    would cost every finished job its compact hash encoding: Redis keeps a hash whose
+    values are all short as a listpack, several times smaller)."""
+    if claimed is None or kind != "retry":
+        return ["", ""]
     field = f"{keys.attempt_field_prefix}{claimed.retries}:{claimed.attempt}"
-    base = {"number": claimed.attempt, "started": claimed.attempt_started, "finished": now}
-    cancelled = json.dumps({**base, "outcome": "cancelled", "error": None})
-    if kind == "cancelled":
-        return field, cancelled, cancelled
-    outcome = _ATTEMPT_OUTCOMES.get(kind)
-    if outcome is None:
-        return field, "", cancelled
-    error = getattr(decision, "error", None)
-    record = {**base, "outcome": outcome, "error": None if error is None else _error_json(error)}
-    return field, json.dumps(record), cancelled
+    record = {
+        "number": claimed.attempt,
+        "outcome": "retrying",
+        "started": claimed.attempt_started,
+        "finished": now,
+        "error": None if error is None else _error_json(error),
+    }
+    return [field, json.dumps(record)]
 
 
 def _error_json(error: JobError) -> dict[str, Any]:

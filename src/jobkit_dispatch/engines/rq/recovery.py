@@ -58,6 +58,7 @@ class Recovery:
                 keys.step_field_prefix,
                 keys.step_began_prefix,
                 keys.step_saved_prefix,
+                keys.attempt_field_prefix,
                 *INFO_FIELDS,
             ],
         )

@@ -49,23 +49,23 @@ return redis.call('HGETALL', KEYS[1])
 
 # KEYS: job, running, scheduled, queue, finished, failed, canceled, open.
 # ARGV: id, outcome, now, due-or-expiry, ttl, cancelled ttl, rq end timestamp, attempt
-# field, its record ('' when the attempt goes on: a sleep, a requeue), its record if a
-# cancel wins, field, value, ...
+# field, its record ('' for none), field, value, ...
 # A cancel accepted while the job ran (`jk_cancel`) wins over whatever the attempt ended
-# with: the job ends canceled, and the outcome's fields (result, error) are not written.
-# The attempt's record is written in the same step, so `describe` needs no other write.
+# with: the job ends canceled, and the outcome's fields (result, error, record) are not
+# written. The record of an attempt that is retried is written in the same step; one that
+# ends the job needs none: the job's own fields say how it ended (see `detail`).
 # Returns 0 when the lease was lost (the job was recovered elsewhere): nothing is written;
 # 2 when the cancel won over another outcome; 1 otherwise.
 FINISH = """
 if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
-local outcome, ttl, reply, record = ARGV[2], ARGV[5], 1, ARGV[9]
+local outcome, ttl, reply = ARGV[2], ARGV[5], 1
 if redis.call('HGET', KEYS[1], 'jk_cancel') then
   if outcome ~= 'cancelled' then outcome, reply = 'cancelled', 2 end
-  ttl, record = ARGV[6], ARGV[10]
-elseif #ARGV > 10 then
-  redis.call('HSET', KEYS[1], unpack(ARGV, 11))
+  ttl = ARGV[6]
+else
+  if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], ARGV[8], ARGV[9]) end
+  if #ARGV > 9 then redis.call('HSET', KEYS[1], unpack(ARGV, 10)) end
 end
-if record ~= '' then redis.call('HSET', KEYS[1], ARGV[8], record) end
 if outcome == 'retry' or outcome == 'sleep' then
   redis.call('HSET', KEYS[1], 'status', 'scheduled', 'jk_wait', outcome,
     'jk_scheduled_for', ARGV[4])
@@ -128,8 +128,8 @@ return {#ids, nxt[2] or false}
 # KEYS: running, queue, failed, canceled, open.
 # ARGV: now, job key prefix, error json, ttl, attempt field prefix.
 # Jobs whose lease expired (their worker died) are retried, or failed when out of attempts;
-# as in FINISH, a cancel accepted while the job ran wins (canceled, no error written), and
-# the lost attempt gets its record (`keys.attempt_field_prefix`).
+# as in FINISH, a cancel accepted while the job ran wins (canceled, no error written); a
+# lost attempt that is retried gets its record (`keys.attempt_field_prefix`).
 # A count that is no number reads as 0, and an id with no record (or none with a status)
 # goes to the queue: either way the worker that pops it fails or quarantines it (`poison`).
 RECOVER = """
@@ -152,7 +152,6 @@ for _, id in ipairs(ids) do
     local attempts = tonumber(redis.call('HGET', key, 'jk_attempts') or '1') or 0
     local limit = tonumber(redis.call('HGET', key, 'jk_max_attempts') or '1') or 1
     if redis.call('HGET', key, 'jk_cancel') then
-      record(key, attempts, 'cancelled', 'null')
       redis.call('HSET', key, 'status', 'canceled', 'jk_finished_at', ARGV[1])
       redis.call('ZADD', KEYS[4], ARGV[1] + ARGV[4], id)
       redis.call('ZREM', KEYS[5], id)
@@ -162,7 +161,6 @@ for _, id in ipairs(ids) do
       redis.call('HSET', key, 'status', 'queued', 'jk_error', ARGV[3])
       redis.call('RPUSH', KEYS[2], id)
     else
-      record(key, attempts, 'failed', ARGV[3])
       redis.call('HSET', key, 'status', 'failed', 'jk_finished_at', ARGV[1], 'jk_error', ARGV[3])
       redis.call('ZADD', KEYS[3], ARGV[1] + ARGV[4], id)
       redis.call('ZREM', KEYS[5], id)

@@ -158,12 +158,15 @@ return {rows, false}
 """
 
 # KEYS: job. ARGV: id, from scratch ('1'|'0'), queue prefix, open prefix, finished prefix,
-# failed prefix, canceled prefix, queues set, step field prefixes (3), info field, ...
+# failed prefix, canceled prefix, queues set, step field prefixes (3), attempt field
+# prefix, info field, ...
 # A failed or cancelled job goes back on its queue for a fresh round of attempts under its
 # id: out of its registry, its expiry lifted, in the open index again (at its creation
 # time), its attempt count at 0 and `jk_retries` one more; its error, result and cancel
-# flag are cleared. Its step memo stays (the job resumes at the step that failed) unless
-# `from scratch`. -1: no such job (or a marker of a job that moved, see FENCE);
+# flag are cleared. The attempt that ended it gets its record first (FINISH writes none for
+# an attempt that ends a job: until now, the job's fields told it). Its step memo stays
+# (the job resumes at the step that failed) unless `from scratch`.
+# -1: no such job (or a marker of a job that moved, see FENCE);
 # {0, status, wait}: not retryable; else the info fields after the retry.
 RETRY = """
 local job = redis.call('HMGET', KEYS[1], 'status', 'jk_name', 'jk_moved_to', 'origin',
@@ -174,6 +177,20 @@ if status ~= 'failed' and status ~= 'canceled' and status ~= 'stopped' then
   return {0, status, job[6] or ''}
 end
 for i = 5, 7 do redis.call('ZREM', ARGV[i] .. origin, ARGV[1]) end
+local last = redis.call('HMGET', KEYS[1], 'jk_attempts', 'jk_retries', 'jk_attempt_started',
+  'jk_finished_at', 'jk_error')
+local number = tonumber(last[1])
+if number and number > 0 then
+  local field = ARGV[12] .. (last[2] or '0') .. ':' .. number
+  if redis.call('HEXISTS', KEYS[1], field) == 0 then
+    local outcome, err = 'cancelled', 'null'
+    if status ~= 'canceled' then outcome, err = 'failed', last[5] or 'null' end
+    local started = tonumber(last[3]) and last[3] or 'null'
+    local finished = tonumber(last[4]) and last[4] or 'null'
+    redis.call('HSET', KEYS[1], field, '{"number":' .. number .. ',"outcome":"' .. outcome ..
+      '","started":' .. started .. ',"finished":' .. finished .. ',"error":' .. err .. '}')
+  end
+end
 if ARGV[2] == '1' then
   local doomed = {}
   for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
@@ -193,7 +210,7 @@ redis.call('ZADD', ARGV[4] .. origin, string.format('%.0f', math.floor(created *
   ARGV[1])
 redis.call('SADD', ARGV[8], ARGV[3] .. origin)
 redis.call('RPUSH', ARGV[3] .. origin, ARGV[1])
-return redis.call('HMGET', KEYS[1], unpack(ARGV, 12))
+return redis.call('HMGET', KEYS[1], unpack(ARGV, 13))
 """
 
 # KEYS: registry, open. ARGV: job key prefix, batch size, status, other status ('' none).
