@@ -111,7 +111,6 @@ def main() -> None:
         after = client.info("memory")["used_memory"]
         sample = engine.list_jobs(JobQuery(queue=BIG, limit=1)).jobs[0].job_id
         hash_bytes = client.memory_usage(keys.job_key(sample))
-        record = client.hget(keys.job_key(sample), f"{keys.attempt_field_prefix}0:1") or b""
         n = args.limit
         rows = []
         for label, query in (
@@ -152,8 +151,7 @@ def main() -> None:
         "| memory | |",
         "|---|---|",
         f"| used_memory, {args.big:,} finished jobs | {(after - before) / 2**20:,.1f} MiB |",
-        f"| per finished job | {per_job:,.0f} bytes (its hash: {hash_bytes} bytes, of which "
-        f"{len(record)} the attempt record) |",
+        f"| per finished job | {per_job:,.0f} bytes (its hash: {hash_bytes} bytes) |",
         f"| per million finished jobs | {per_job * 1e6 / 2**30:,.2f} GiB |",
         f"| purge of the {purged:,} | {purge_seconds:.2f} s, frees "
         f"{(after - purged_memory) / 2**20:,.1f} MiB |",

@@ -260,3 +260,28 @@ def test_trim_drops_expired_registry_entries_a_bounded_batch_at_a_time(
     assert trim(keys=[Q.finished, Q.failed, Q.canceled], args=[now, 3]) == 4
     assert trim(keys=[Q.finished, Q.failed, Q.canceled], args=[now, 3]) == 2
     assert redis.zrange(Q.finished, 0, -1) == [b"live"] and redis.zcard(Q.failed) == 0
+
+
+async def test_a_resumed_attempt_keeps_when_it_first_began(
+    engine: RQEngine, link: WorkerLink, redis: fakeredis.FakeRedis
+) -> None:
+    claimed = await _started(engine, link)
+    key = keys.job_key(claimed.job_id)
+    assert not redis.hexists(key, "jk_attempt_started")  # one execution: jk_started_at says
+    await _finish(link, claimed, Suspended(datetime.now(UTC) - timedelta(seconds=1)))
+    await link.promote(keys=[Q.scheduled, Q.queue], args=[time.time(), 10, keys.job_key_prefix])
+    await link.redis.lmove(Q.queue, Q.claimed)
+    later = time.time() + 5
+    flat = await link.start(
+        keys=[key, Q.claimed, Q.running],
+        args=[claimed.job_id, later, later + 60, link.name, "2026-01-01T00:00:00.000000Z"],
+    )
+    resumed = decode_claimed(claimed.job_id, flat, link.redis)
+    assert (resumed.attempt, resumed.attempt_started) == (1, claimed.attempt_started)
+    await _finish(link, resumed, Failed(ERROR, None))
+    detail = engine.describe(claimed.job_id)
+    assert detail is not None
+    assert detail.info.started_at.timestamp() == pytest.approx(later)  # type: ignore[union-attr]
+    [attempt] = detail.attempts
+    first = claimed.attempt_started
+    assert attempt.started_at.timestamp() == pytest.approx(first)  # type: ignore[union-attr]

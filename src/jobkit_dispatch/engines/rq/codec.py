@@ -88,7 +88,7 @@ class ClaimedJob:
     steps: dict[str, Any]
     unknown_since: float | None = None  # when a worker that did not know it first had it
     retries: int = 0  # operator retries so far: the round this attempt belongs to
-    attempt_started: float | None = None  # when this attempt began (not its latest resume)
+    attempt_started: float | None = None  # when this attempt first began (not its resume)
 
 
 def decode_claimed(job_id: str, flat: list[bytes], connection: Any) -> ClaimedJob:
@@ -104,7 +104,7 @@ def decode_claimed(job_id: str, flat: list[bytes], connection: Any) -> ClaimedJo
             if key.startswith(step_field_prefix)
         }
         since = raw.get("jk_unknown_since")
-        began = raw.get("jk_attempt_started")
+        began = raw.get("jk_attempt_started", raw.get("jk_started_at"))
         return ClaimedJob(
             job_id,
             job.func_name,

@@ -9,8 +9,8 @@ it costs no other command and running it no other write:
   going on, or the one that ended the job — is read from the job's own fields;
 - steps: `jk_step:<id>` (the memo: a result, or a sleep's wake time), `jk_began:<id>`
   (when a step function was let start, Redis' clock) and `jk_saved:<id>` (when the memo
-  was saved: a run's end, a sleep's start). A step that began and has no memo is placed
-  in the attempt that began last before it, and takes that attempt's outcome.
+  was saved: a run's end, a sleep's start). A step that began and has no memo belongs to
+  the first attempt that had not ended when it began, and takes that attempt's outcome.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def _attempt(name: str, value: bytes) -> _Attempt | None:
 def _ongoing(fields: dict[str, bytes], info: JobInfo) -> AttemptRecord | None:
     """The latest attempt when no script wrote its record: still going on (running, or
     paused in a sleep or a hand-back), or ended by a script that writes none."""
-    started = _time(fields.get("jk_attempt_started"))
+    started = _time(fields.get("jk_attempt_started", fields.get("jk_started_at")))
     if info.status.is_terminal:
         error = info.error if info.status == JobStatus.FAILED else None
         outcome = _ENDED_OUTCOMES[info.status]
@@ -181,13 +181,13 @@ def _unfinished(
 
 
 def _attempt_at(began: datetime | None, attempts: list[AttemptRecord]) -> AttemptRecord | None:
-    """The last attempt that started before `began`; the last one if none says when."""
-    if began is None:
-        return attempts[-1] if attempts else None
-    for attempt in reversed(attempts):
-        if attempt.started_at is None or attempt.started_at <= began:
-            return attempt
-    return None
+    """The attempt a step that began at `began` belongs to: the first that had not ended
+    by then (the last attempt, if none says)."""
+    if began is not None:
+        for attempt in attempts:
+            if attempt.finished_at is None or began <= attempt.finished_at:
+                return attempt
+    return attempts[-1] if attempts else None
 
 
 def _time(value: Any) -> datetime | None:

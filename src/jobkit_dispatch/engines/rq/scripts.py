@@ -27,17 +27,20 @@ return 1
 """
 
 # KEYS: job, claimed, running. ARGV: id, now, lease expiry, worker name, rq timestamp.
-# Returns the job hash, or false when the job is no longer ours to run. A new attempt (not
-# the resumption of one after a sleep or a hand-back) records when it began.
+# Returns the job hash, or false when the job is no longer ours to run.
+# `jk_started_at` is when this execution began; an attempt resumed (after a sleep or a
+# hand-back) keeps when it first began in `jk_attempt_started`, a field only such attempts
+# carry: a job's hash stays small enough for Redis' compact encoding.
 START = """
 if redis.call('LREM', KEYS[2], 1, ARGV[1]) == 0 then return false end
 if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return false end
 if redis.call('HGET', KEYS[1], 'jk_resume') == '1' then
   redis.call('HDEL', KEYS[1], 'jk_resume')
+  local first = redis.call('HGET', KEYS[1], 'jk_started_at')
+  if first then redis.call('HSETNX', KEYS[1], 'jk_attempt_started', first) end
 else
   redis.call('HINCRBY', KEYS[1], 'jk_attempts', 1)
-  local now = redis.call('TIME')  -- Redis' clock, as BEGIN_STEP's: steps are placed by it
-  redis.call('HSET', KEYS[1], 'jk_attempt_started', now[1] .. '.' .. string.format('%06d', now[2]))
+  redis.call('HDEL', KEYS[1], 'jk_attempt_started')
 end
 redis.call('HSET', KEYS[1], 'status', 'started', 'started_at', ARGV[5],
   'worker_name', ARGV[4], 'jk_started_at', ARGV[2])
@@ -136,8 +139,9 @@ RECOVER = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
 local recovered = {}
 local function record(key, number, outcome, err)
-  local job = redis.call('HMGET', key, 'jk_retries', 'jk_attempt_started')
-  local started = tonumber(job[2]) and job[2] or 'null'
+  local job = redis.call('HMGET', key, 'jk_retries', 'jk_attempt_started', 'jk_started_at')
+  local started = job[2] or job[3]
+  started = tonumber(started) and started or 'null'
   redis.call('HSET', key, ARGV[5] .. (job[1] or '0') .. ':' .. number,
     '{"number":' .. number .. ',"outcome":"' .. outcome .. '","started":' .. started ..
     ',"finished":' .. ARGV[1] .. ',"error":' .. err .. '}')

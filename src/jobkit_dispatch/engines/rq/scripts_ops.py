@@ -178,14 +178,15 @@ if status ~= 'failed' and status ~= 'canceled' and status ~= 'stopped' then
 end
 for i = 5, 7 do redis.call('ZREM', ARGV[i] .. origin, ARGV[1]) end
 local last = redis.call('HMGET', KEYS[1], 'jk_attempts', 'jk_retries', 'jk_attempt_started',
-  'jk_finished_at', 'jk_error')
+  'jk_finished_at', 'jk_error', 'jk_started_at')
 local number = tonumber(last[1])
 if number and number > 0 then
   local field = ARGV[12] .. (last[2] or '0') .. ':' .. number
   if redis.call('HEXISTS', KEYS[1], field) == 0 then
     local outcome, err = 'cancelled', 'null'
     if status ~= 'canceled' then outcome, err = 'failed', last[5] or 'null' end
-    local started = tonumber(last[3]) and last[3] or 'null'
+    local started = last[3] or last[6]
+    started = tonumber(started) and started or 'null'
     local finished = tonumber(last[4]) and last[4] or 'null'
     redis.call('HSET', KEYS[1], field, '{"number":' .. number .. ',"outcome":"' .. outcome ..
       '","started":' .. started .. ',"finished":' .. finished .. ',"error":' .. err .. '}')
@@ -201,7 +202,8 @@ if ARGV[2] == '1' then
   for _, field in ipairs(doomed) do redis.call('HDEL', KEYS[1], field) end
 end
 redis.call('HDEL', KEYS[1], 'jk_error', 'jk_result', 'jk_finished_at', 'ended_at',
-  'jk_cancel', 'jk_resume', 'jk_wait', 'jk_scheduled_for', 'jk_unknown_since', 'jk_progress')
+  'jk_cancel', 'jk_resume', 'jk_wait', 'jk_scheduled_for', 'jk_unknown_since', 'jk_progress',
+  'jk_attempt_started')
 redis.call('HSET', KEYS[1], 'status', 'queued', 'jk_attempts', '0')
 redis.call('HINCRBY', KEYS[1], 'jk_retries', 1)
 redis.call('PERSIST', KEYS[1])
