@@ -1,4 +1,8 @@
-"""The `jobkit` command: inspect jobs and queues, run a job inline, run workers and cron."""
+"""The `jobkit` command: inspect jobs and queues, run a job inline, run workers and cron.
+
+The commands that find and recover jobs (`list`, `show`, `retry`, `cancel`, `purge`) are
+in `cli_jobs.py`.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,10 @@ import jobkit
 from jobkit.errors import ConfigurationError, JobkitError, install_hint
 from jobkit.queues import default_queues
 from jobkit.settings import get_settings
-from jobkit_engine import default_registry, import_job_modules
+from jobkit_dispatch._cli_shared import import_option as _import_option
+from jobkit_dispatch._cli_shared import load_jobs as _load_jobs
+from jobkit_dispatch.cli_jobs import JOB_COMMANDS
+from jobkit_engine import default_registry
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -24,15 +31,6 @@ WORKER_RUNTIMES = {
     "rq": "jobkit_dispatch.engines.rq.runtime:run_worker",
     "temporal": "jobkit_dispatch.engines.temporal.worker:run_worker",
 }
-
-_import_option = click.option(
-    "--import",
-    "-i",
-    "modules",
-    multiple=True,
-    metavar="MODULE",
-    help="Job module to import (repeatable); default: JOBKIT_JOB_MODULES.",
-)
 
 
 def _queue_option(verb: str) -> Callable[[F], F]:
@@ -48,18 +46,6 @@ def _queue_option(verb: str) -> Callable[[F], F]:
 
 def _queue_names(queues: tuple[str, ...]) -> list[str]:
     return list(queues) or [spec.name for spec in default_queues]
-
-
-def _load_jobs(modules: tuple[str, ...]) -> list[str]:
-    # As `python -m` does: a job module next to where the command is run is importable.
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        names = list(modules) or get_settings().job_modules
-        import_job_modules(names)
-    except ConfigurationError as exc:
-        raise click.ClickException(str(exc)) from exc
-    return names
 
 
 @click.group()
@@ -318,6 +304,10 @@ def cron(grace: float, modules: tuple[str, ...]) -> None:
         run_cron(get_redis(), grace=timedelta(seconds=grace))
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+for _command in JOB_COMMANDS:  # jobkit list / show / retry / cancel / purge
+    main.add_command(_command)
 
 
 if __name__ == "__main__":  # pragma: no cover
