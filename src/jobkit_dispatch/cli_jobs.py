@@ -32,7 +32,7 @@ from jobkit.errors import (
 from jobkit.queues import default_queues
 from jobkit_dispatch import _cli_format as fmt
 from jobkit_dispatch._cli_shared import import_option, load_jobs
-from jobkit_dispatch._listing import list_jobs
+from jobkit_dispatch._listing import JobList, list_jobs
 from jobkit_dispatch._operations import (
     BULK_PAGE_SIZE,
     RetryReport,
@@ -45,8 +45,10 @@ from jobkit_dispatch.engines.recovery import PURGEABLE_STATUSES
 from jobkit_engine import JobInfo, JobStatus
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 OK, JOB_FAILED, UNAVAILABLE = 0, 1, 3  # and 2, click's usage error
+FILL_ROUNDS = 5  # times `jobkit list` asks again for a page that came back short
 
 _ACTION_ERRORS = (JobNotFoundError, JobNotRetryableError, EngineUnavailableError)
 
@@ -119,30 +121,11 @@ def _usage(exc: Exception, hint: str | None = None) -> NoReturn:
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--cursor", help="Where the previous page ended (printed under it).")
 @_json_option
-def list_command(
-    status: str | None,
-    queue: str | None,
-    name: str | None,
-    engine: str | None,
-    since: datetime | None,
-    until: datetime | None,
-    limit: int,
-    cursor: str | None,
-    as_json: bool,
-) -> None:
-    """List jobs on every engine, open ones first, newest first, then ended ones, most
-    recently ended first; with each failed job's error on one line."""
+def list_command(limit: int, cursor: str | None, as_json: bool, **filters: Any) -> None:
+    """List jobs on every engine: open ones first, newest first, then ended ones, most
+    recently ended first; each failed job's error on one line."""
     try:
-        page = list_jobs(
-            status=status,
-            queue=queue,
-            name=name,
-            engine=engine,
-            since=since,
-            until=until,
-            limit=limit,
-            cursor=cursor,
-        )
+        page = _filled(limit, cursor, filters)
     except ConfigurationError as exc:
         _usage(exc, "--engine")
     except ValueError as exc:
@@ -153,6 +136,21 @@ def list_command(
     _out(as_json, asdict(page), lines)
     _warn_unavailable(page.unavailable, "was not listed")
     _exit(UNAVAILABLE if page.unavailable else OK)
+
+
+def _filled(limit: int, cursor: str | None, filters: dict[str, Any]) -> JobList:
+    """Up to `limit` jobs: an engine that spent its work budget returns a short page with
+    a cursor, so ask again from there, a few times at most, before showing fewer."""
+    jobs: list[JobInfo] = []
+    unavailable: dict[str, str] = {}
+    for _ in range(FILL_ROUNDS):
+        page = list_jobs(limit=limit - len(jobs), cursor=cursor, **filters)
+        jobs += page.jobs
+        unavailable.update(page.unavailable)
+        if page.cursor is None or page.cursor == cursor or len(jobs) >= limit:
+            break
+        cursor = page.cursor
+    return JobList(tuple(jobs), page.cursor, unavailable)
 
 
 def _error_document(exc: JobkitError) -> dict[str, Any]:
@@ -180,11 +178,9 @@ def show_command(job_id: str, as_json: bool) -> None:
     _out(as_json, asdict(detail), fmt.detail_lines(detail))
 
 
-def _each(
-    job_ids: tuple[str, ...], act: Callable[[str], JobInfo]
-) -> tuple[list[JobInfo], dict[str, str], int]:
+def _each(job_ids: tuple[str, ...], act: Callable[[str], T]) -> tuple[list[T], dict[str, str], int]:
     """`act` on each id: the jobs it returned, the failures by id, and the exit code."""
-    done: list[JobInfo] = []
+    done: list[T] = []
     failures: dict[str, str] = {}
     code = OK
     for job_id in job_ids:
@@ -291,26 +287,23 @@ def cancel_command(job_ids: tuple[str, ...], as_json: bool) -> None:
     await). A job that had already ended is left as it is, and exits 1."""
     from jobkit_dispatch._api import cancel_job, get_job
 
-    def cancel(job_id: str) -> JobInfo:
-        cancel_job(job_id)
-        return get_job(job_id)
+    def cancel(job_id: str) -> tuple[bool, JobInfo]:
+        return cancel_job(job_id), get_job(job_id)
 
     done, failures, code = _each(job_ids, cancel)
-    cancelled = [info for info in done if info.status == JobStatus.CANCELLED]
-    ended = [info for info in done if info.status != JobStatus.CANCELLED]
-    lines = [f"{info.job_id}: cancelled on {info.engine}" for info in cancelled]
-    for info in ended:
-        click.echo(
-            f"error: {info.job_id}: had already {info.status.value} on {info.engine}", err=True
-        )
-    for job_id, why in failures.items():
-        click.echo(f"error: {job_id}: {why}", err=True)
+    # A running job may still show running: it stops at its next await.
+    cancelled = [info for ok, info in done if ok]
+    ended = [info for ok, info in done if not ok]
     document = {
         "cancelled": [asdict(i) for i in cancelled],
         "ended": [asdict(i) for i in ended],
         "failures": failures,
     }
-    _out(as_json, document, lines)
+    _out(as_json, document, [f"{i.job_id}: cancelled on {i.engine}" for i in cancelled])
+    for info in ended:
+        click.echo(f"error: {info.job_id} had already {info.status.value}", err=True)
+    for job_id, why in failures.items():
+        click.echo(f"error: {job_id}: {why}", err=True)
     _exit(max(code, JOB_FAILED if ended else OK))
 
 
@@ -335,7 +328,7 @@ def _count(queue: str, status: str, engine: str | None) -> tuple[int, dict[str, 
     "--status",
     "-s",
     required=True,
-    type=click.Choice(sorted(PURGEABLE_STATUSES)),
+    type=click.Choice(sorted(s.value for s in PURGEABLE_STATUSES)),
     help="Which ended jobs.",
 )
 @_engine_option
