@@ -8,15 +8,19 @@ import itertools
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 
-from jobkit_dispatch import set_dispatcher
+import tests.jobs
+from jobkit_dispatch import dispatch_job, set_dispatcher
 from jobkit_dispatch._cli_format import parse_when
 from jobkit_dispatch.cli import main
+from jobkit_dispatch.engines.inline import InlineEngine
 from jobkit_dispatch.engines.recovery import ListPosition
+from jobkit_dispatch.testing import wait_for_job
 from jobkit_engine import JobStatus
 from tests.operator_fakes import EnginesDispatcher, FakeEngine, job
 
@@ -305,3 +309,37 @@ def test_purge_yes_does_not_ask_and_reports_an_engine_down(
     assert report["unavailable"] == {"temporal": "refused"}
     assert "warning: temporal purged nothing: refused" in result.stderr
     assert _failed(rq) == set() and len(_failed(temporal)) == 2
+
+
+# -- a real engine ------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    not InlineEngine.supports_listing, reason="the inline engine does not list jobs yet"
+)
+def test_find_read_fix_and_replay_a_failed_job_on_the_inline_engine(
+    jobkit_inline: InlineEngine, workdir: str
+) -> None:
+    failing = dispatch_job(tests.jobs.three_steps, {"workdir": workdir})
+    fine = dispatch_job(tests.jobs.greet, {"name": "ada"})
+    assert wait_for_job(failing.job_id).status == FAILED
+    assert wait_for_job(fine.job_id).status == SUCCEEDED
+
+    found = parsed(jobkit("list", "--status", "failed", "--since", "1h", "--json"))
+    assert [(j["job_id"], j["engine"]) for j in found["jobs"]] == [(failing.job_id, "inline")]
+    assert found["jobs"][0]["error"]["message"] == "upstream said no"
+    shown = jobkit("show", failing.job_id)
+    assert shown.exit_code == 0, shown.output
+    assert "b     run   failed" in shown.stdout and "raise ValueError" in shown.stdout
+
+    Path(workdir, "fixed").touch()
+    replayed = jobkit("retry", "--failed", "--name", "tests.three_steps", "--yes")
+    assert replayed.exit_code == 0, replayed.output
+    assert "retried 1 (inline: 1)" in replayed.stdout
+    assert wait_for_job(failing.job_id).status == SUCCEEDED
+    # a ran once; b failed twice (two attempts), then ran once more after the fix; c once
+    assert Path(workdir, "tally").read_text().split() == ["a", "b", "b", "b", "c"]
+
+    purged = parsed(jobkit("purge", "default", "--status", "succeeded", "--yes", "--json"))
+    assert purged["purged"] == {"inline": 2}
+    assert parsed(jobkit("list", "--json"))["jobs"] == []
