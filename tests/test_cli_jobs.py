@@ -321,7 +321,7 @@ def test_find_read_fix_and_replay_a_failed_job_on_the_inline_engine(
     jobkit_inline: InlineEngine, workdir: str
 ) -> None:
     failing = dispatch_job(tests.jobs.three_steps, {"workdir": workdir})
-    fine = dispatch_job(tests.jobs.greet, {"name": "ada"})
+    fine = dispatch_job(tests.jobs.loose, {"data": 1})
     assert wait_for_job(failing.job_id).status == FAILED
     assert wait_for_job(fine.job_id).status == SUCCEEDED
 
