@@ -164,11 +164,13 @@ def _step_rows(detail: JobDetail) -> list[str]:
 
 
 def _traceback(detail: JobDetail) -> str | None:
-    """The job's error's traceback; else the last one an attempt or a step recorded."""
-    errors = [detail.info.error]
-    errors += [a.error for a in reversed(detail.attempts)]
-    errors += [s.error for s in reversed(detail.steps)]
-    return next((e.traceback for e in errors if e is not None and e.traceback), None)
+    """The traceback of the job's error (the last attempt's, kept while a retry waits):
+    its own, else that of the step that failed with it. None once the job is past it."""
+    error = detail.info.error
+    if error is None:
+        return None
+    failed = [s.error for s in detail.steps if s.error is not None and s.error.traceback]
+    return error.traceback or (failed[-1].traceback if failed else None)
 
 
 def counts(per_engine: dict[str, int]) -> str:
