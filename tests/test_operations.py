@@ -283,3 +283,12 @@ async def test_the_async_twins_answer_as_the_sync_calls(
     b.down = "refused"
     purged = await apurge_jobs("default", "succeeded")
     assert purged.purged == {"a": 2} and "b" in purged.unavailable
+
+
+def test_a_result_that_no_longer_fits_its_type_is_listed_as_stored(
+    engines: tuple[FakeEngine, FakeEngine],
+) -> None:
+    a, _ = engines
+    old = replace(job("g", 40, SUCCEEDED, engine="a", name="tests.greet"), result={"txt": 1})
+    a.jobs["g"] = old
+    assert list_jobs(name="tests.greet").jobs[0].result == {"txt": 1}

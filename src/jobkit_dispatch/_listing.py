@@ -125,7 +125,17 @@ def _page(
 ) -> tuple[tuple[JobInfo, ...], str | None]:
     jobs, position = merge_pages(pages, limit)
     cursor = None if position is None else position.encode()
-    return tuple(dispatcher._decoded(info) for info in jobs), cursor
+    return tuple(_decoded(dispatcher, info) for info in jobs), cursor
+
+
+def _decoded(dispatcher: Dispatcher, info: JobInfo) -> JobInfo:
+    """The result in its annotated type, as `get_job` gives it; as stored (JSON) when it
+    no longer fits that type (the job's code changed since), so that one old job never
+    breaks a listing."""
+    try:
+        return dispatcher._decoded(info)
+    except (ValueError, TypeError):
+        return info
 
 
 def list_jobs(

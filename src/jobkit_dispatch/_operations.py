@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 from jobkit.errors import (
     EngineUnavailableError,
@@ -201,13 +202,19 @@ def _retryable(status: JobStatus | str) -> JobStatus:
     return value
 
 
-class _Found:
-    """The jobs a bulk retry walked to, page by page."""
+# What one job of a bulk retry may meet: it is reported for that job, the others go on.
+_RETRY_ERRORS = (EngineUnavailableError, JobNotFoundError, JobNotRetryableError)
+
+
+class _Bulk:
+    """A bulk retry: the jobs found page by page, then what became of each."""
 
     def __init__(self) -> None:
         self.jobs: dict[str, JobInfo] = {}
         self.unavailable: dict[str, str] = {}
         self.cursor: str | None = None
+        self.retried: Counter[str] = Counter()
+        self.failures: dict[str, str] = {}
 
     def add(self, page: JobList) -> bool:
         """Take a page in; True while there are more pages to walk."""
@@ -219,12 +226,24 @@ class _Found:
         self.cursor = page.cursor
         return advanced
 
-    def report(self, **done: object) -> RetryReport:
-        return RetryReport(tuple(self.jobs.values()), unavailable=self.unavailable, **done)  # type: ignore[arg-type]
+    def goes_on(self, dry_run: bool, confirm: Confirm | None) -> bool:
+        """Whether to retry what was found: not on a dry run, nor unless confirmed."""
+        return not dry_run and (confirm is None or confirm(self.report(dry_run=True)))
 
+    def settled(self, info: JobInfo, error: Exception | None) -> None:
+        if error is None:
+            self.retried[info.engine] += 1
+        else:
+            self.failures[info.job_id] = str(error)
 
-def _outcome(found: _Found, retried: Counter[str], failures: dict[str, str]) -> RetryReport:
-    return found.report(retried=dict(retried), failures=failures)
+    def report(self, *, dry_run: bool = False) -> RetryReport:
+        return RetryReport(
+            tuple(self.jobs.values()),
+            dict(self.retried),
+            dict(self.failures),
+            dict(self.unavailable),
+            dry_run,
+        )
 
 
 def retry_jobs(
@@ -248,25 +267,24 @@ def retry_jobs(
     retried unless it returns True; then exactly those jobs are retried. A job that
     cannot be retried is named in `failures`, not raised.
     """
-    wanted = _retryable(status)
-    filters = dict(status=wanted, queue=queue, name=name, engine=engine, since=since, until=until)
-    found = _Found()
-    while found.add(list_jobs(**filters, limit=BULK_PAGE_SIZE, cursor=found.cursor)):  # type: ignore[arg-type]
+    filters: dict[str, Any] = dict(
+        status=_retryable(status), queue=queue, name=name, engine=engine, since=since, until=until
+    )
+    bulk = _Bulk()
+    while bulk.add(list_jobs(**filters, limit=BULK_PAGE_SIZE, cursor=bulk.cursor)):
         pass
-    if dry_run or (confirm is not None and not confirm(found.report(dry_run=True))):
-        return found.report(dry_run=True)
+    if not bulk.goes_on(dry_run, confirm):
+        return bulk.report(dry_run=True)
     engines, _ = operated_engines(get_dispatcher(), engine, "supports_retry", "retry jobs")
     by_name = {each.name: each for each in engines}
-    retried: Counter[str] = Counter()
-    failures: dict[str, str] = {}
-    for info in found.jobs.values():
+    for info in bulk.jobs.values():
         try:
             _retrying_on(by_name, info).retry(info.job_id, from_scratch=from_scratch)  # type: ignore[attr-defined]
-        except (EngineUnavailableError, JobNotFoundError, JobNotRetryableError) as exc:
-            failures[info.job_id] = str(exc)
+        except _RETRY_ERRORS as exc:
+            bulk.settled(info, exc)
         else:
-            retried[info.engine] += 1
-    return _outcome(found, retried, failures)
+            bulk.settled(info, None)
+    return bulk.report()
 
 
 def _retrying_on(engines: dict[str, Engine], info: JobInfo) -> Engine:
@@ -289,25 +307,24 @@ async def aretry_jobs(
     confirm: Confirm | None = None,
 ) -> RetryReport:
     """`retry_jobs` for async code (`confirm` is a plain function, called on the loop)."""
-    wanted = _retryable(status)
-    filters = dict(status=wanted, queue=queue, name=name, engine=engine, since=since, until=until)
-    found = _Found()
-    while found.add(await alist_jobs(**filters, limit=BULK_PAGE_SIZE, cursor=found.cursor)):  # type: ignore[arg-type]
+    filters: dict[str, Any] = dict(
+        status=_retryable(status), queue=queue, name=name, engine=engine, since=since, until=until
+    )
+    bulk = _Bulk()
+    while bulk.add(await alist_jobs(**filters, limit=BULK_PAGE_SIZE, cursor=bulk.cursor)):
         pass
-    if dry_run or (confirm is not None and not confirm(found.report(dry_run=True))):
-        return found.report(dry_run=True)
+    if not bulk.goes_on(dry_run, confirm):
+        return bulk.report(dry_run=True)
     dispatcher = await aget_dispatcher()
     engines, _ = await asyncio.to_thread(
         operated_engines, dispatcher, engine, "supports_retry", "retry jobs"
     )
     by_name = {each.name: each for each in engines}
-    retried: Counter[str] = Counter()
-    failures: dict[str, str] = {}
-    for info in found.jobs.values():
+    for info in bulk.jobs.values():
         try:
             await _retrying_on(by_name, info).aretry(info.job_id, from_scratch=from_scratch)  # type: ignore[attr-defined]
-        except (EngineUnavailableError, JobNotFoundError, JobNotRetryableError) as exc:
-            failures[info.job_id] = str(exc)
+        except _RETRY_ERRORS as exc:
+            bulk.settled(info, exc)
         else:
-            retried[info.engine] += 1
-    return _outcome(found, retried, failures)
+            bulk.settled(info, None)
+    return bulk.report()
