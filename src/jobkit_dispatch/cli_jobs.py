@@ -48,6 +48,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
 OK, JOB_FAILED, UNAVAILABLE = 0, 1, 3  # and 2, click's usage error
+EXIT_CODES = (
+    "Exit status: 0 done; 1 a job was not found, not retried or not cancelled, or the "
+    "confirmation was declined; 2 a usage error; 3 an engine did not answer or cannot do "
+    "this (a partial result)."
+)
 FILL_ROUNDS = 5  # times `jobkit list` asks again for a page that came back short
 
 _ACTION_ERRORS = (JobNotFoundError, JobNotRetryableError, EngineUnavailableError)
@@ -115,10 +120,17 @@ def _usage(exc: Exception, hint: str | None = None) -> NoReturn:
     raise click.BadParameter(str(exc), param_hint=hint) from exc
 
 
-@click.command("list")
-@click.option("--status", "-s", type=click.Choice([s.value for s in JobStatus]), help="Only these.")
+@click.command("list", epilog=EXIT_CODES)
+@click.option(
+    "--status",
+    "-s",
+    type=click.Choice([s.value for s in JobStatus]),
+    help="Only jobs with this status.",
+)
 @_filters
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Jobs per page."
+)
 @click.option("--cursor", help="Where the previous page ended (printed under it).")
 @_json_option
 def list_command(limit: int, cursor: str | None, as_json: bool, **filters: Any) -> None:
@@ -161,7 +173,7 @@ def _code(exc: Exception) -> int:
     return UNAVAILABLE if isinstance(exc, EngineUnavailableError) else JOB_FAILED
 
 
-@click.command("show")
+@click.command("show", epilog=EXIT_CODES)
 @click.argument("job_id")
 @_json_option
 def show_command(job_id: str, as_json: bool) -> None:
@@ -192,7 +204,7 @@ def _each(job_ids: tuple[str, ...], act: Callable[[str], T]) -> tuple[list[T], d
     return done, failures, code
 
 
-@click.command("retry")
+@click.command("retry", epilog=EXIT_CODES)
 @click.argument("job_ids", nargs=-1, metavar="[JOB_ID]...")
 @click.option("--failed", "which", flag_value="failed", help="Every failed job that matches.")
 @click.option(
@@ -279,7 +291,7 @@ def _bulk_document(report: RetryReport) -> dict[str, Any]:
     }
 
 
-@click.command("cancel")
+@click.command("cancel", epilog=EXIT_CODES)
 @click.argument("job_ids", nargs=-1, required=True, metavar="JOB_ID...")
 @_json_option
 def cancel_command(job_ids: tuple[str, ...], as_json: bool) -> None:
@@ -322,7 +334,7 @@ def _count(queue: str, status: str, engine: str | None) -> tuple[int, dict[str, 
         cursor = page.cursor
 
 
-@click.command("purge")
+@click.command("purge", epilog=EXIT_CODES)
 @click.argument("queue")
 @click.option(
     "--status",
