@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -343,3 +344,18 @@ def test_find_read_fix_and_replay_a_failed_job_on_the_inline_engine(
     purged = parsed(jobkit("purge", "default", "--status", "succeeded", "--yes", "--json"))
     assert purged["purged"] == {"inline": 2}
     assert parsed(jobkit("list", "--json"))["jobs"] == []
+
+
+def test_show_json_writes_what_json_has_no_form_for_as_text(
+    engines: tuple[FakeEngine, FakeEngine],
+) -> None:
+    class RunId:
+        def __str__(self) -> str:
+            return "run-7"
+
+    rq, _ = engines
+    original = rq.describe
+    rq.describe = lambda job_id: replace(original(job_id), extra={"run": RunId()})  # type: ignore[method-assign]
+    result = jobkit("show", "rq-0", "--json")
+    assert result.exit_code == 0, result.output
+    assert parsed(result)["extra"] == {"run": "run-7"}

@@ -8,9 +8,10 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pydantic_core import to_jsonable_python
+
 from jobkit_dispatch.engines.recovery import JobDetail
 from jobkit_engine import JobError, JobInfo
-from jobkit_engine.runtime import to_json
 
 ERROR_WIDTH = 80  # the error's one line in a table is cut here
 
@@ -36,13 +37,10 @@ def parse_when(text: str, now: datetime) -> datetime:
     return when.astimezone(UTC)
 
 
-def to_data(value: Any) -> Any:
-    """`value` (dataclasses, datetimes, models) as JSON data; datetimes in ISO 8601."""
-    return to_json(value) if value is not None else None
-
-
 def dumps(document: Any) -> str:
-    return json.dumps(to_data(document), indent=2, default=str)
+    """`document` (dataclasses, datetimes, models) as JSON text, datetimes in ISO 8601; a
+    value JSON has no form for (an engine's extra detail) as its `str`, never an error."""
+    return json.dumps(to_jsonable_python(document, fallback=str), indent=2)
 
 
 def when(at: datetime | None) -> str:
