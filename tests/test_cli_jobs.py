@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 import tests.jobs
+from jobkit.errors import CorruptJobError
 from jobkit_dispatch import dispatch_job, set_dispatcher
 from jobkit_dispatch._cli_format import parse_when
 from jobkit_dispatch.cli import main
@@ -359,3 +360,19 @@ def test_show_json_writes_what_json_has_no_form_for_as_text(
     result = jobkit("show", "rq-0", "--json")
     assert result.exit_code == 0, result.output
     assert parsed(result)["extra"] == {"run": "run-7"}
+
+
+def test_a_record_an_engine_cannot_read_is_an_error_line_not_a_traceback(
+    engines: tuple[FakeEngine, FakeEngine],
+) -> None:
+    rq, _ = engines
+
+    def unreadable(job_id: str, **options: object) -> None:
+        raise CorruptJobError(job_id, "field jk_att:1 is not JSON")
+
+    rq.describe = rq.retry = unreadable  # type: ignore[method-assign,assignment]
+    shown = jobkit("show", "rq-0")
+    assert shown.exit_code == 1 and "Traceback" not in shown.output
+    assert "error: job 'rq-0': field jk_att:1 is not JSON" in shown.stderr
+    retried = jobkit("retry", "rq-0", "--json")
+    assert retried.exit_code == 1 and "jk_att:1" in parsed(retried)["failures"]["rq-0"]

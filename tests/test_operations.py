@@ -12,7 +12,12 @@ from datetime import timedelta
 import pytest
 
 import tests.jobs
-from jobkit.errors import EngineUnavailableError, JobNotFoundError, JobNotRetryableError
+from jobkit.errors import (
+    CorruptJobError,
+    EngineUnavailableError,
+    JobNotFoundError,
+    JobNotRetryableError,
+)
 from jobkit_dispatch import (
     adescribe_job,
     alist_jobs,
@@ -292,3 +297,18 @@ def test_a_result_that_no_longer_fits_its_type_is_listed_as_stored(
     old = replace(job("g", 40, SUCCEEDED, engine="a", name="tests.greet"), result={"txt": 1})
     a.jobs["g"] = old
     assert list_jobs(name="tests.greet").jobs[0].result == {"txt": 1}
+
+
+async def test_an_engine_error_other_than_unavailable_is_reported_too(
+    engines: tuple[FakeEngine, FakeEngine],
+) -> None:
+    a, _ = engines
+
+    def unreadable(*args: object) -> None:
+        raise CorruptJobError("aa", "field jk_att:1 is not JSON")
+
+    a.list_jobs = a.purge = unreadable  # type: ignore[method-assign]
+    cause = "CorruptJobError: job 'aa': field jk_att:1 is not JSON"
+    assert list_jobs().unavailable == {"a": cause}
+    assert (await alist_jobs()).unavailable == {"a": cause}
+    assert purge_jobs("default", "failed").unavailable == {"a": cause}

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from jobkit.durations import require_aware
-from jobkit.errors import ConfigurationError, EngineUnavailableError
+from jobkit.errors import ConfigurationError, EngineUnavailableError, JobkitError
 from jobkit_dispatch._dispatch import Dispatcher, aget_dispatcher, get_dispatcher
 from jobkit_dispatch.engines import Engine
 from jobkit_dispatch.engines.base import has_capability
@@ -116,8 +116,13 @@ def operated_engines(
     return engines, left_out
 
 
-def _unavailable(exc: EngineUnavailableError) -> str:
-    return str(exc) or type(exc).__name__
+def engine_failure(exc: JobkitError) -> str:
+    """Why an engine gave no answer, for `unavailable`: an `EngineUnavailableError`'s cause
+    as it reads; any other error of jobkit's (a record it cannot read, a setting) with its
+    type, so one engine's trouble is reported beside the others' answers, not raised."""
+    if isinstance(exc, EngineUnavailableError):
+        return str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _page(
@@ -167,8 +172,8 @@ def list_jobs(
     for each in engines:
         try:
             pages[each.name] = each.list_jobs(query)  # type: ignore[attr-defined]
-        except EngineUnavailableError as exc:
-            unavailable[each.name] = _unavailable(exc)
+        except JobkitError as exc:
+            unavailable[each.name] = engine_failure(exc)
     jobs, next_cursor = _page(dispatcher, pages, limit)
     return JobList(jobs, next_cursor, unavailable)
 
@@ -199,8 +204,8 @@ async def alist_jobs(
     )
     pages: dict[str, JobPage] = {}
     for each, answer in zip(engines, answers, strict=True):
-        if isinstance(answer, EngineUnavailableError):
-            unavailable[each.name] = _unavailable(answer)
+        if isinstance(answer, JobkitError):
+            unavailable[each.name] = engine_failure(answer)
         elif isinstance(answer, BaseException):
             raise answer
         else:

@@ -17,11 +17,17 @@ from typing import Any
 
 from jobkit.errors import (
     EngineUnavailableError,
+    JobkitError,
     JobNotFoundError,
-    JobNotRetryableError,
 )
 from jobkit_dispatch._dispatch import Dispatcher, aget_dispatcher, get_dispatcher
-from jobkit_dispatch._listing import JobList, alist_jobs, list_jobs, operated_engines
+from jobkit_dispatch._listing import (
+    JobList,
+    alist_jobs,
+    engine_failure,
+    list_jobs,
+    operated_engines,
+)
 from jobkit_dispatch.engines import Engine
 from jobkit_dispatch.engines.base import has_capability
 from jobkit_dispatch.engines.recovery import (
@@ -141,8 +147,8 @@ def purge_jobs(queue: str, status: JobStatus | str, *, engine: str | None = None
     for each in engines:
         try:
             purged[each.name] = each.purge(queue, wanted)  # type: ignore[attr-defined]
-        except EngineUnavailableError as exc:
-            unavailable[each.name] = str(exc) or type(exc).__name__
+        except JobkitError as exc:
+            unavailable[each.name] = engine_failure(exc)
     return PurgeResult(purged, unavailable)
 
 
@@ -160,8 +166,8 @@ async def apurge_jobs(
     )
     purged: dict[str, int] = {}
     for each, answer in zip(engines, answers, strict=True):
-        if isinstance(answer, EngineUnavailableError):
-            unavailable[each.name] = str(answer) or type(answer).__name__
+        if isinstance(answer, JobkitError):
+            unavailable[each.name] = engine_failure(answer)
         elif isinstance(answer, BaseException):
             raise answer
         else:
@@ -202,8 +208,9 @@ def _retryable(status: JobStatus | str) -> JobStatus:
     return value
 
 
-# What one job of a bulk retry may meet: it is reported for that job, the others go on.
-_RETRY_ERRORS = (EngineUnavailableError, JobNotFoundError, JobNotRetryableError)
+# What one job of a bulk retry may meet (not found or not retryable any more, unreadable,
+# its engine down) is reported for that job, and the others go on.
+_RETRY_ERRORS = JobkitError
 
 
 class _Bulk:

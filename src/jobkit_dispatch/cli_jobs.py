@@ -26,8 +26,6 @@ from jobkit.errors import (
     ConfigurationError,
     EngineUnavailableError,
     JobkitError,
-    JobNotFoundError,
-    JobNotRetryableError,
 )
 from jobkit.queues import default_queues
 from jobkit_dispatch import _cli_format as fmt
@@ -54,8 +52,6 @@ EXIT_CODES = (
     "this (a partial result)."
 )
 FILL_ROUNDS = 5  # times `jobkit list` asks again for a page that came back short
-
-_ACTION_ERRORS = (JobNotFoundError, JobNotRetryableError, EngineUnavailableError)
 
 
 class _When(click.ParamType):
@@ -181,7 +177,7 @@ def show_command(job_id: str, as_json: bool) -> None:
     timeline, the error's traceback, the payload and the result."""
     try:
         detail = describe_job(job_id)
-    except (JobNotFoundError, EngineUnavailableError) as exc:
+    except JobkitError as exc:  # not found, unreadable, engine down
         if as_json:
             click.echo(fmt.dumps(_error_document(exc)))
         else:
@@ -198,7 +194,7 @@ def _each(job_ids: tuple[str, ...], act: Callable[[str], T]) -> tuple[list[T], d
     for job_id in job_ids:
         try:
             done.append(act(job_id))
-        except _ACTION_ERRORS as exc:
+        except JobkitError as exc:  # not found, not retryable, unreadable, engine down
             failures[job_id] = str(exc)
             code = max(code, _code(exc))
     return done, failures, code
