@@ -211,10 +211,7 @@ def _each(job_ids: tuple[str, ...], act: Callable[[str], T]) -> tuple[list[T], d
 @click.option("--dry-run", is_flag=True, help="With --failed: count and list, retry nothing.")
 @click.option("--yes", "-y", is_flag=True, help="With --failed: do not ask for confirmation.")
 @_json_option
-@click.pass_context
-def retry_command(
-    ctx: click.Context, job_ids: tuple[str, ...], which: str | None, **options: Any
-) -> None:
+def retry_command(job_ids: tuple[str, ...], which: str | None, **options: Any) -> None:
     """Run failed or cancelled jobs again, from the step that failed: their completed steps
     are not run again (--from-scratch runs them all). Name the jobs, or pick them with
     --failed (or --cancelled) and the filters; a bulk retry shows how many jobs it will
