@@ -11,9 +11,10 @@ jobs lay before it. Walking the cursors thus lists every job once, with no gap.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 from jobkit.durations import require_aware
 from jobkit.errors import ConfigurationError, EngineUnavailableError, JobkitError
@@ -22,6 +23,8 @@ from jobkit_dispatch.engines import Engine
 from jobkit_dispatch.engines.base import has_capability
 from jobkit_dispatch.engines.recovery import JobPage, JobQuery, ListPosition
 from jobkit_engine import JobInfo, JobStatus
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,25 @@ def engine_failure(exc: JobkitError) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+async def ask_engines(
+    engines: list[Engine],
+    call: Callable[[Engine], Awaitable[T]],
+    unavailable: dict[str, str],
+) -> dict[str, T]:
+    """`call(engine)` on every engine at once: the answers by engine name; an engine that
+    raised a jobkit error goes into `unavailable` instead, beside the others' answers."""
+    answers = await asyncio.gather(*(call(each) for each in engines), return_exceptions=True)
+    answered: dict[str, T] = {}
+    for each, answer in zip(engines, answers, strict=True):
+        if isinstance(answer, JobkitError):
+            unavailable[each.name] = engine_failure(answer)
+        elif isinstance(answer, BaseException):
+            raise answer
+        else:
+            answered[each.name] = answer
+    return answered
+
+
 def _page(
     dispatcher: Dispatcher, pages: dict[str, JobPage], limit: int
 ) -> tuple[tuple[JobInfo, ...], str | None]:
@@ -198,17 +220,10 @@ async def alist_jobs(
     engines, unavailable = await asyncio.to_thread(
         operated_engines, dispatcher, engine, "supports_listing", "list jobs"
     )
-    answers = await asyncio.gather(
-        *(each.alist_jobs(query) for each in engines),  # type: ignore[attr-defined]
-        return_exceptions=True,
+    pages: dict[str, JobPage] = await ask_engines(
+        engines,
+        lambda each: each.alist_jobs(query),  # type: ignore[attr-defined]
+        unavailable,
     )
-    pages: dict[str, JobPage] = {}
-    for each, answer in zip(engines, answers, strict=True):
-        if isinstance(answer, JobkitError):
-            unavailable[each.name] = engine_failure(answer)
-        elif isinstance(answer, BaseException):
-            raise answer
-        else:
-            pages[each.name] = answer
     jobs, next_cursor = _page(dispatcher, pages, limit)
     return JobList(jobs, next_cursor, unavailable)

@@ -24,6 +24,7 @@ from jobkit_dispatch._dispatch import Dispatcher, aget_dispatcher, get_dispatche
 from jobkit_dispatch._listing import (
     JobList,
     alist_jobs,
+    ask_engines,
     engine_failure,
     list_jobs,
     operated_engines,
@@ -160,18 +161,11 @@ async def apurge_jobs(
     engines, unavailable = await asyncio.to_thread(
         operated_engines, dispatcher, engine, "supports_purge", "purge"
     )
-    answers = await asyncio.gather(
-        *(each.apurge(queue, wanted) for each in engines),  # type: ignore[attr-defined]
-        return_exceptions=True,
+    purged: dict[str, int] = await ask_engines(
+        engines,
+        lambda each: each.apurge(queue, wanted),  # type: ignore[attr-defined]
+        unavailable,
     )
-    purged: dict[str, int] = {}
-    for each, answer in zip(engines, answers, strict=True):
-        if isinstance(answer, JobkitError):
-            unavailable[each.name] = engine_failure(answer)
-        elif isinstance(answer, BaseException):
-            raise answer
-        else:
-            purged[each.name] = answer
     return PurgeResult(purged, unavailable)
 
 
