@@ -84,7 +84,7 @@ def _listing(harness: Harness, query: JobQuery, mine: dict[str, JobStatus]) -> l
     return _eventually(
         harness,
         f"the listing shows {mine}",
-        lambda: _walk(_engine(harness).list_jobs, query),
+        lambda: _walk(harness.engine.list_jobs, query),
         lambda rows: _statuses(rows, mine) == mine,
     )
 
@@ -186,11 +186,6 @@ def _tallies(workdir: str) -> tuple[int, int, int]:
     return (count(workdir, "fixable-a"), count(workdir, "fixable-b"), count(workdir, "fixable-c"))
 
 
-def _engine(harness: Harness) -> Any:
-    """The engine, with the methods of the capabilities the test requires."""
-    return harness.engine
-
-
 class RecoveryConformance:
     """Listing, describe, retry and purge, for every engine that declares them."""
 
@@ -200,7 +195,7 @@ class RecoveryConformance:
         self, harness: Harness, workdir: str
     ) -> None:
         requires(harness, "supports_listing")
-        engine, start = _engine(harness), harness.now()
+        engine, start = harness.engine, harness.now()
         with _history(harness, workdir) as made:
             rows = _listing(harness, JobQuery(since=start), made.statuses)
             mine = [info for info in rows if info.job_id in made.statuses]
@@ -216,7 +211,7 @@ class RecoveryConformance:
 
     def test_listing_filters(self, harness: Harness, workdir: str) -> None:
         requires(harness, "supports_listing")
-        engine, start = _engine(harness), harness.now()
+        engine, start = harness.engine, harness.now()
         with _history(harness, workdir) as made:
             rows = _listing(harness, JobQuery(since=start), made.statuses)
             o, f2, a, b, f1, e1 = made.newest_first
@@ -248,7 +243,7 @@ class RecoveryConformance:
         self, harness: Harness, workdir: str
     ) -> None:
         requires(harness, "supports_listing")
-        engine = _engine(harness)
+        engine = harness.engine
         job_id = _ended(harness, dispatch_job(rj.broken_step, {"workdir": workdir}), FAILED)
         detail = engine.describe(job_id)
         assert detail is not None
@@ -288,7 +283,7 @@ class RecoveryConformance:
         self, harness: Harness, workdir: str
     ) -> None:
         requires(harness, "supports_listing")
-        engine = _engine(harness)
+        engine = harness.engine
         assert engine.describe("no-such-job") is None
         assert _sync(engine.adescribe)("no-such-job") is None
         nap = harness.short_sleep
@@ -308,7 +303,7 @@ class RecoveryConformance:
 
     def test_retry_resumes_at_the_failed_step(self, harness: Harness, workdir: str) -> None:
         requires(harness, "supports_retry")
-        engine = _engine(harness)
+        engine = harness.engine
         failed = _fixable_failed(harness, workdir)
         open_gate(workdir, rj.FIX)
         again = engine.retry(failed.job_id)
@@ -337,14 +332,14 @@ class RecoveryConformance:
         requires(harness, "supports_retry")
         failed = _fixable_failed(harness, workdir)
         open_gate(workdir, rj.FIX)
-        _sync(_engine(harness).aretry)(failed.job_id, from_scratch=True)
+        _sync(harness.engine.aretry)(failed.job_id, from_scratch=True)
         info = harness.wait(failed.job_id)
         assert (info.status, info.result) == (SUCCEEDED, {"steps": "abc", "attempt": 1})
         assert _tallies(workdir) == (2, 2, 1)
 
     def test_retry_only_a_failed_or_cancelled_job(self, harness: Harness, workdir: str) -> None:
         requires(harness, "supports_retry")
-        engine = _engine(harness)
+        engine = harness.engine
         with pytest.raises(JobNotFoundError):
             engine.retry("no-such-job")
         blocker = _running(harness, workdir, "held")
@@ -371,7 +366,7 @@ class RecoveryConformance:
 
     def test_purge_deletes_the_ended_jobs_of_a_status(self, harness: Harness, workdir: str) -> None:
         requires(harness, "supports_purge")
-        engine, start = _engine(harness), harness.now()
+        engine, start = harness.engine, harness.now()
         done = [_ended(harness, dispatch_job(jobs.echo, {"text": t}), SUCCEEDED) for t in "xy"]
         failed = _ended(harness, dispatch_job(jobs.fatal, {"workdir": workdir}), FAILED)
         listing = has_capability(engine, "supports_listing")
