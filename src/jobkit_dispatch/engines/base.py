@@ -145,6 +145,8 @@ class EngineBase(ABC):
     supports_listing: ClassVar[bool] = False  # implements `ListsJobs`: list_jobs, describe
     supports_retry: ClassVar[bool] = False  # implements `RetriesJobs`: retry, from a step
     supports_purge: ClassVar[bool] = False  # implements `PurgesJobs`: purge ended jobs
+    # implements `SummarisesJobs` (`engines/overview.py`): queues, workers, throughput, health
+    supports_overview: ClassVar[bool] = False
 
     def availability(self, request: JobRequest) -> str | None:
         return None
