@@ -3,7 +3,7 @@
 `dispatch_job` validates a job and gives it to RQ, Temporal or the inline engine;
 `get_job` and `cancel_job` find it by id wherever it ran. For operators, across engines:
 `list_jobs`, `describe_job`, `retry_job` / `retry_jobs` (from the step that failed) and
-`purge_jobs`.
+`purge_jobs`; `overview` for every engine at a glance (the dashboard's first page).
 """
 
 from jobkit_dispatch._api import (
@@ -34,6 +34,7 @@ from jobkit_dispatch._operations import (
     retry_job,
     retry_jobs,
 )
+from jobkit_dispatch._overview import FallbackShare, Overview, aoverview, overview
 from jobkit_dispatch.engines import Engine, EngineBase, JobRequest, load_engine
 
 __all__ = [
@@ -41,8 +42,10 @@ __all__ = [
     "Dispatcher",
     "Engine",
     "EngineBase",
+    "FallbackShare",
     "JobList",
     "JobRequest",
+    "Overview",
     "PurgeResult",
     "RetryReport",
     "acancel_job",
@@ -50,6 +53,7 @@ __all__ = [
     "adispatch_job",
     "aget_job",
     "alist_jobs",
+    "aoverview",
     "apurge_jobs",
     "aretry_job",
     "aretry_jobs",
@@ -61,6 +65,7 @@ __all__ = [
     "idempotent_job_id",
     "list_jobs",
     "load_engine",
+    "overview",
     "purge_jobs",
     "retry_job",
     "retry_jobs",
